@@ -1,0 +1,195 @@
+"""The three records every part of gatewatch exchanges: request event, detection, decision.
+
+This module is the single source of their shape. The gateway writes
+:class:`RequestEvent`, the workers read it and write :class:`Detection` and
+:class:`Decision`, the gateway reads decisions back, and the ClickHouse
+columns in ``storage/migrations`` follow these fields one for one.
+
+Wire format: UTF-8 JSON objects (``model_dump_json``), one per Kafka message.
+Timestamps are ISO 8601 in UTC on the wire and timezone-aware ``datetime``
+in Python. Every record carries ``v`` (schema version); readers accept
+unknown extra fields so that a newer writer does not break an older reader.
+
+Parsing untrusted bytes goes through :func:`parse_request_event`,
+:func:`parse_detection` and :func:`parse_decision`, which raise
+:class:`MalformedRecord` (a ``ValueError``) so that consumers can count and
+skip a bad message instead of crashing.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+SCHEMA_VERSION = 1
+
+#: Who produced the final answer to a request.
+#: ``upstream`` — the protected API answered; the others are gateway answers.
+AnsweredBy = Literal["upstream", "auth", "rate_limit", "decision", "bad_request", "error"]
+
+#: Outcome of API-key (later JWT / introspection) authentication.
+#: ``public`` — the route needs no credential and none was sent.
+AuthResult = Literal["ok", "missing", "invalid", "public"]
+
+#: Outcome of a login attempt, read from the response of a configured login route.
+LoginOutcome = Literal["success", "failure"]
+
+#: What a decision applies to (see the decision protocol in DESIGN.md).
+Scope = Literal["ip", "prefix", "principal", "username", "asn", "country"]
+
+#: What the gateway does to a request matching a decision.
+Action = Literal["ban", "throttle", "challenge"]
+
+Severity = Literal["low", "medium", "high", "critical"]
+
+
+class MalformedRecord(ValueError):
+    """A Kafka message that is not a valid gatewatch record (bad JSON or fields)."""
+
+
+def new_id() -> str:
+    """Return a fresh random id: 32 lowercase hex characters (UUID4)."""
+    return uuid.uuid4().hex
+
+
+def utcnow() -> datetime:
+    """Current time as a timezone-aware UTC ``datetime`` (for I/O layers only;
+    detectors receive their clock as an argument)."""
+    return datetime.now(timezone.utc)
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    v: int = SCHEMA_VERSION
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _utc(cls, value: Any) -> Any:
+        # Naive datetimes are taken as UTC so that every timestamp compares.
+        if isinstance(value, datetime) and value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value
+
+    def to_json(self) -> bytes:
+        """Serialise to the wire format (UTF-8 JSON bytes)."""
+        return self.model_dump_json().encode()
+
+
+class RequestEvent(_Record):
+    """One request seen by the gateway, written once the request is answered.
+
+    Never carries a secret: no API key, password, bearer token or raw
+    username; the principal is the key *id*, the username a keyed hash.
+    """
+
+    event_id: str = Field(description="Random id (32 hex); also sent to the client as X-Request-Id.")
+    ts: datetime = Field(description="When the gateway received the request (UTC).")
+    client_ip: str = Field(description="Client address as text, IPv4 or IPv6.")
+    method: str
+    host: str
+    path: str = Field(description="Raw request target as received, query string included.")
+    route: str = Field(description="Route template, e.g. /users/{id}.")
+    status: int = Field(description="HTTP status sent to the client.")
+    latency_ms: float = Field(0.0, description="Upstream latency in ms (0 when the gateway answered).")
+    bytes_in: int = Field(0, description="Request body size in bytes.")
+    bytes_out: int = Field(0, description="Response body size in bytes.")
+    principal: str = Field("", description="Authenticated principal (API key id), '' if none.")
+    auth: AuthResult = "public"
+    answered_by: AnsweredBy = "upstream"
+    user_agent: str = ""
+    login: LoginOutcome | None = Field(None, description="Set on login routes only.")
+    username_hash: str | None = Field(None, description="Keyed hash (HMAC-SHA256, hex) of the login username.")
+    decision_id: str | None = Field(None, description="The decision that blocked or throttled this request.")
+
+    @property
+    def epoch_s(self) -> float:
+        """``ts`` as seconds since the Unix epoch (float)."""
+        return self.ts.timestamp()
+
+
+class Detection(_Record):
+    """A detector's finding: something suspicious about one scope value.
+
+    ``evidence`` holds what a person needs to understand it: the window,
+    the counts, the thresholds crossed, and ``sample_event_ids``.
+    """
+
+    detection_id: str = Field(default_factory=new_id)
+    ts: datetime = Field(description="Event time at which the detector fired (UTC).")
+    detector: str = Field(description="Detector name, e.g. credential_stuffing.")
+    scope: Scope
+    value: str
+    severity: Severity = "high"
+    score: float = 1.0
+    summary: str = ""
+    evidence: dict[str, Any] = Field(default_factory=dict)
+    sample_event_ids: list[str] = Field(default_factory=list)
+
+
+class Decision(_Record):
+    """What the gateway must do to requests matching ``scope``/``value`` until ``expires_at``.
+
+    Published to ``gatewatch.decisions`` keyed by :meth:`key` (``scope:value``);
+    a later message with the same key replaces it, a tombstone (null value)
+    or an ``expires_at`` in the past deletes it.
+    """
+
+    id: str = Field(default_factory=new_id)
+    scope: Scope
+    value: str
+    action: Action = "ban"
+    reason: str = ""
+    detector: str = Field("", description="Detector name, or 'manual' for the CLI.")
+    evidence: dict[str, Any] = Field(default_factory=dict)
+    created_at: datetime
+    expires_at: datetime
+    origin: Literal["detector", "cli"] = "detector"
+    detection_id: str | None = None
+
+    def key(self) -> str:
+        """The Kafka message key: ``scope:value``."""
+        return decision_key(self.scope, self.value)
+
+    def active_at(self, now: datetime) -> bool:
+        """True while ``now < expires_at``. ``created_at`` is not checked, so a
+        decision stamped by a slightly fast clock applies at once."""
+        return now < self.expires_at
+
+    @property
+    def ttl_s(self) -> float:
+        """Lifetime in seconds (``expires_at - created_at``)."""
+        return (self.expires_at - self.created_at).total_seconds()
+
+
+def decision_key(scope: str, value: str) -> str:
+    """Kafka key of the decision for ``scope``/``value``: ``"scope:value"``."""
+    return f"{scope}:{value}"
+
+
+def _parse(model: type[_Record], raw: bytes | str | dict[str, Any]) -> Any:
+    try:
+        if isinstance(raw, dict):
+            return model.model_validate(raw)
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        raise MalformedRecord(f"malformed {model.__name__}: {exc.error_count()} error(s): "
+                              f"{exc.errors()[0]['loc']} {exc.errors()[0]['msg']}") from exc
+
+
+def parse_request_event(raw: bytes | str | dict[str, Any]) -> RequestEvent:
+    """Parse one request event. Raises :class:`MalformedRecord` on bad input."""
+    return _parse(RequestEvent, raw)
+
+
+def parse_detection(raw: bytes | str | dict[str, Any]) -> Detection:
+    """Parse one detection. Raises :class:`MalformedRecord` on bad input."""
+    return _parse(Detection, raw)
+
+
+def parse_decision(raw: bytes | str | dict[str, Any]) -> Decision:
+    """Parse one decision. Raises :class:`MalformedRecord` on bad input."""
+    return _parse(Decision, raw)

@@ -1,0 +1,142 @@
+"""Settings shared by every gatewatch process, with embedded defaults.
+
+Sources, highest priority first: keyword arguments, environment variables
+prefixed ``GATEWATCH_`` (nested fields with ``__``, lists and objects as
+JSON), then a TOML file named by ``GATEWATCH_CONFIG``, then the defaults
+below. ``gatewatch up`` passes the same environment to every child process,
+so the gateway, the worker and the CLI agree on ports, topics and paths.
+
+Example::
+
+    GATEWATCH_BOOTSTRAP_SERVERS=127.0.0.1:19092 \\
+    GATEWATCH_CREDENTIAL_STUFFING__MIN_FAILURES=20 gatewatch up --upstream http://127.0.0.1:8000
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+class LoginRoute(BaseModel):
+    """A login endpoint and how to read its outcome from the response.
+
+    A response is a *failure* when its status is in ``failure_status`` or its
+    body matches ``failure_body_regex`` (many APIs answer a failed login with
+    200 and an error in the body); otherwise it is a *success* when its status
+    is in ``success_status``; anything else (e.g. 400, 5xx) has no outcome.
+    """
+
+    method: str = "POST"
+    path: str = Field(description="Path (no query string) of the login route, e.g. /login.")
+    username_field: str = Field("username", description="JSON or form field holding the username.")
+    success_status: list[int] = Field(default_factory=lambda: [200])
+    failure_status: list[int] = Field(default_factory=lambda: [401, 403])
+    failure_body_regex: str | None = Field(
+        None, description="Regex searched in the response body; a match means failure.")
+
+
+class RateLimit(BaseModel):
+    """A GCRA / token-bucket limit: ``rate_per_s`` sustained, ``burst`` requests at once."""
+
+    rate_per_s: float
+    burst: int
+
+
+class CredentialStuffingSettings(BaseModel):
+    """Thresholds of the per-IP credential-stuffing detector (see detectors/credential_stuffing.py)."""
+
+    window_s: float = 60.0
+    min_failures: int = 10
+    min_usernames: int = 5
+    ban_ttl_s: float = 600.0
+
+
+class GatewatchSettings(BaseSettings):
+    """Every knob of the local stack. Field names are the env names without prefix."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="GATEWATCH_", env_nested_delimiter="__", extra="ignore")
+
+    # Kafka
+    bootstrap_servers: str = "127.0.0.1:9092"
+    topic_requests: str = "gatewatch.requests"
+    topic_detections: str = "gatewatch.detections"
+    topic_decisions: str = "gatewatch.decisions"
+    requests_partitions: int = 4
+    # On the decision path every consumer waits at most this long for data
+    # (Tansu quirk: it does not wake a waiting fetch when data arrives).
+    fetch_max_wait_ms: int = 20
+
+    # Storage: chDB directory (embedded default) unless clickhouse_url is set.
+    chdb_path: Path = Path(".gatewatch/data/chdb")
+    clickhouse_url: str | None = None
+
+    # Gateway
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 8080
+    upstream: str = "http://127.0.0.1:8000"
+    keys_file: Path = Path(".gatewatch/keys.toml")
+    api_key_header: str = "X-API-Key"
+    public_routes: list[str] = Field(
+        default_factory=lambda: ["/login", "/health"],
+        description="Paths served without an API key (exact path or prefix ending in '*').")
+    login_routes: list[LoginRoute] = Field(
+        default_factory=lambda: [LoginRoute(path="/login")])
+    username_hash_key: str = Field(
+        "gatewatch-dev-username-key",
+        description="Secret for the keyed username hash (HMAC-SHA256). Change it in production.")
+    ip_rate_limit: RateLimit = RateLimit(rate_per_s=50.0, burst=100)
+    principal_rate_limit: RateLimit = RateLimit(rate_per_s=100.0, burst=200)
+    event_queue_max: int = 100_000
+
+    # Worker
+    worker_web_host: str = "127.0.0.1"
+    worker_web_port: int = 6066
+    sink_batch_size: int = 500
+    sink_batch_within_s: float = 0.5
+    credential_stuffing: CredentialStuffingSettings = CredentialStuffingSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config = os.environ.get("GATEWATCH_CONFIG")
+        if config:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config)))
+        return tuple(sources)
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as ``GATEWATCH_*`` environment variables (for child processes)."""
+        env: dict[str, str] = {}
+        for name, value in self.model_dump(mode="json").items():
+            if value is not None:
+                env[f"GATEWATCH_{name.upper()}"] = _env_text(value)
+        return env
+
+
+def _env_text(value: Any) -> str:
+    if isinstance(value, (dict, list)):
+        return json.dumps(value)
+    return str(value)
+
+
+def load_settings(**overrides: Any) -> GatewatchSettings:
+    """Build settings from the environment (and ``GATEWATCH_CONFIG``), then ``overrides``."""
+    return GatewatchSettings(**overrides)

@@ -1,0 +1,39 @@
+"""Shared fixtures: real components started on free loopback ports.
+
+A fixture that cannot start its component fails the test loudly; nothing
+here skips.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gatewatch.broker import create_topics, start_tansu
+from gatewatch.netutil import free_port, wait_for_port
+from gatewatch.settings import GatewatchSettings, load_settings
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[str]:
+    """A real Tansu broker on a free loopback port; yields ``host:port``."""
+    port = free_port()
+    proc = start_tansu("127.0.0.1", port, log_path=tmp_path / "tansu.log")
+    try:
+        wait_for_port("127.0.0.1", port, timeout_s=10)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture
+def settings(broker: str, tmp_path: Path) -> GatewatchSettings:
+    """Settings pointing at the ``broker`` fixture, with gatewatch's topics created
+    and the chDB store and keys file under ``tmp_path``."""
+    s = load_settings(bootstrap_servers=broker, chdb_path=tmp_path / "chdb",
+                      keys_file=tmp_path / "keys.toml")
+    create_topics(s)
+    return s
