@@ -1,0 +1,104 @@
+"""The ``gatewatch`` command line: ``up``, ``demo``, ``keys``, ``sample-api``.
+
+Each command is thin over the library; settings come from ``GATEWATCH_*``
+environment variables or the TOML file named by ``GATEWATCH_CONFIG``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from gatewatch.settings import load_settings
+
+app = typer.Typer(help="gatewatch: API security gateway and abuse-detection pipeline.",
+                  no_args_is_help=True, add_completion=False)
+keys_app = typer.Typer(help="Manage API keys (the keys file stores hashes only).", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+console = Console()
+
+
+def _run_dir(run_dir: Optional[Path]) -> Path:
+    return run_dir or Path(".gatewatch") / time.strftime("run-%Y%m%d-%H%M%S")
+
+
+@app.command()
+def up(
+    upstream: str = typer.Option(..., help="URL of the API to protect, e.g. http://127.0.0.1:8000"),
+    port: int = typer.Option(8080, help="Port the gateway listens on (127.0.0.1)."),
+    run_dir: Optional[Path] = typer.Option(None, help="Where logs and the chDB store go."),
+) -> None:
+    """Start broker, worker and gateway in front of UPSTREAM; stop all on Ctrl-C or when one dies."""
+    from gatewatch.launcher import Stack, StackError
+
+    settings = load_settings(upstream=upstream, listen_port=port)
+    stack = Stack(settings, _run_dir(run_dir))
+    try:
+        stack.start()
+    except StackError as exc:
+        console.print(f"[red]start-up failed:[/] {exc}")
+        raise typer.Exit(1) from None
+    for part in stack.parts:
+        console.print(f"  {part.name:<8} {part.address:<28} log {part.log_path}")
+    console.print(f"gateway ready: [bold]{stack.gateway_url}[/] → {upstream}   (Ctrl-C stops)")
+    try:
+        dead = stack.supervise()
+    except KeyboardInterrupt:
+        console.print("stopping: gateway, worker, broker")
+        return
+    console.print(f"[red]{dead.name} exited with code {dead.proc.returncode}[/]; stopped the others. "
+                  f"Last lines of {dead.log_path}:\n{dead.log_tail()}")
+    raise typer.Exit(1)
+
+
+@app.command()
+def demo(
+    duration: float = typer.Option(30.0, help="Seconds of traffic."),
+    users: int = typer.Option(8, help="Benign users, each with its own API key and IP."),
+    run_dir: Optional[Path] = typer.Option(None, help="Where logs, the store and summary.json go."),
+) -> None:
+    """Run the stack in front of the sample API with benign users and a credential-stuffing attack."""
+    from gatewatch.demo import run_demo
+
+    summary = run_demo(load_settings(), _run_dir(run_dir), users=users, duration_s=duration,
+                       console=console)
+    if summary.seconds_to_first_block is None or summary.benign_blocked:
+        console.print("[red]demo failed: the attack was not blocked or a benign user was[/]")
+        raise typer.Exit(1)
+
+
+@keys_app.command("create")
+def keys_create(
+    key_id: str = typer.Argument(..., help="Key id: the principal in events and decisions."),
+    owner: str = typer.Option(..., help="Who the key belongs to."),
+    tier: str = typer.Option("default"),
+    keys_file: Optional[Path] = typer.Option(None, help="Defaults to GATEWATCH_KEYS_FILE."),
+) -> None:
+    """Create a key: prints the raw key once and stores only its hash."""
+    from gatewatch.keys import KeysFileError, add_key
+
+    path = keys_file or load_settings().keys_file
+    try:
+        raw = add_key(path, key_id, owner, tier)
+    except KeysFileError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from None
+    console.print(f"created {key_id} in {path}; the key (shown once):")
+    print(raw)
+
+
+@app.command("sample-api")
+def sample_api(port: int = typer.Option(8000), users: int = typer.Option(50)) -> None:
+    """Serve the sample upstream API (login, users, orders) on 127.0.0.1:PORT."""
+    from gatewatch.sample_api import main as serve
+
+    serve(["--port", str(port), "--users", str(users)])
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,199 @@
+"""The local stack: broker, worker and gateway (and optionally the sample API) as supervised processes.
+
+``gatewatch up`` and ``gatewatch demo`` use :class:`Stack`. Every part is a
+child process in its own session (so a terminal's Ctrl-C reaches only the
+supervisor, which then stops the parts in order, by PID), logs to
+``<run_dir>/<part>.log``, and is watched: when one part dies the supervisor
+names it, shows the end of its log and stops the others.
+
+Start order: sample API → broker (Tansu, topics created) → worker (waits
+until its store is open and it owns partitions) → gateway. Stop order is the
+reverse of what data needs: gateway first (it flushes its last events to the
+broker), then the worker (its sink flushes to ClickHouse), then the broker.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from gatewatch.broker import create_topics, tansu_command
+from gatewatch.commands import gateway_command, worker_command
+from gatewatch.netutil import free_port, wait_for_port
+from gatewatch.settings import GatewatchSettings
+
+STOP_TIMEOUT_S = 15.0
+
+
+class StackError(RuntimeError):
+    """A part failed to start or died; the message names the part and its log."""
+
+
+@dataclass
+class Part:
+    """One supervised child process."""
+
+    name: str
+    proc: subprocess.Popen
+    log_path: Path
+    address: str
+
+    def alive(self) -> bool:
+        """True while the process runs."""
+        return self.proc.poll() is None
+
+    def log_tail(self, lines: int = 15) -> str:
+        """The last ``lines`` lines of the part's log."""
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+@dataclass
+class Stack:
+    """The local stack for one run directory.
+
+    ``settings`` are completed at :meth:`start` with free loopback ports for the
+    broker and the worker's read API and ``run_dir/chdb`` for the store;
+    ``settings.listen_port`` is kept (0 picks a free port).
+    """
+
+    settings: GatewatchSettings
+    run_dir: Path
+    sample_api: bool = False
+    parts: list[Part] = field(default_factory=list)
+
+    @property
+    def gateway_url(self) -> str:
+        """Base URL clients use: ``http://listen_host:listen_port``."""
+        return f"http://{self.settings.listen_host}:{self.settings.listen_port}"
+
+    @property
+    def worker_url(self) -> str:
+        """Base URL of the worker's read API."""
+        return f"http://{self.settings.worker_web_host}:{self.settings.worker_web_port}"
+
+    def _spawn(self, name: str, argv: list[str], address: str) -> Part:
+        log_path = self.run_dir / f"{name}.log"
+        env = os.environ | self.settings.to_env()
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                    start_new_session=True, cwd=self.run_dir)
+        part = Part(name, proc, log_path, address)
+        self.parts.append(part)
+        return part
+
+    def _wait_port(self, part: Part, host: str, port: int, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self._check(part)
+            try:
+                wait_for_port(host, port, timeout_s=0.5)
+                return
+            except TimeoutError:
+                if time.monotonic() > deadline:
+                    raise StackError(f"{part.name} did not listen on {host}:{port} in {timeout_s:.0f} s; "
+                                     f"log {part.log_path}:\n{part.log_tail()}") from None
+
+    def _check(self, part: Part) -> None:
+        if not part.alive():
+            raise StackError(f"{part.name} exited with code {part.proc.returncode} during start-up; "
+                             f"log {part.log_path}:\n{part.log_tail()}")
+
+    def _wait_worker_ready(self, part: Part, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        url = f"{self.worker_url}/gatewatch/health/"
+        while time.monotonic() < deadline:
+            self._check(part)
+            try:
+                if httpx.get(url, timeout=1.0).json().get("ready"):
+                    return
+            except (httpx.HTTPError, ValueError):
+                pass
+            time.sleep(0.2)
+        raise StackError(f"worker not ready after {timeout_s:.0f} s; log {part.log_path}:\n{part.log_tail()}")
+
+    def start(self, timeout_s: float = 90.0) -> None:
+        """Start every part and wait until each is ready.
+
+        Raises :class:`StackError` (after stopping what started) if a part
+        exits or is not ready within ``timeout_s`` seconds.
+        """
+        self.run_dir = self.run_dir.resolve()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        host = "127.0.0.1"
+        try:
+            if self.sample_api:
+                api_port = free_port()
+                part = self._spawn("sample-api", [sys.executable, "-m", "gatewatch.sample_api",
+                                                  "--port", str(api_port)], f"http://{host}:{api_port}")
+                self._wait_port(part, host, api_port, timeout_s)
+                self.settings = self.settings.model_copy(update={"upstream": part.address})
+
+            broker_port = free_port()
+            part = self._spawn("broker", tansu_command(host, broker_port), f"{host}:{broker_port}")
+            self._wait_port(part, host, broker_port, timeout_s)
+            listen_port = self.settings.listen_port or free_port()
+            self.settings = self.settings.model_copy(update={
+                "bootstrap_servers": part.address,
+                "worker_web_port": free_port(),
+                "listen_port": listen_port,
+                "chdb_path": self.run_dir / "chdb",
+                "keys_file": Path(self.settings.keys_file).resolve(),
+            })
+            create_topics(self.settings)
+
+            part = self._spawn("worker", worker_command(), self.worker_url)
+            self._wait_worker_ready(part, timeout_s)
+
+            part = self._spawn("gateway", gateway_command(self.settings), self.gateway_url)
+            self._wait_port(part, self.settings.listen_host, self.settings.listen_port, timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+
+    def dead_part(self) -> Part | None:
+        """The first part that is no longer running, if any."""
+        return next((p for p in self.parts if not p.alive()), None)
+
+    def stop(self) -> None:
+        """Stop the parts in order — gateway, worker, broker, sample API — each with
+        SIGTERM, then SIGKILL after STOP_TIMEOUT_S seconds."""
+        order = ["gateway", "worker", "broker", "sample-api"]
+        for part in sorted(self.parts, key=lambda p: order.index(p.name)):
+            if part.alive():
+                part.proc.send_signal(signal.SIGTERM)
+                try:
+                    part.proc.wait(timeout=STOP_TIMEOUT_S)
+                except subprocess.TimeoutExpired:
+                    part.proc.kill()
+                    part.proc.wait()
+        self.parts.clear()
+
+    def supervise(self, poll_s: float = 0.5) -> Part:
+        """Block until a part dies or SIGINT/SIGTERM arrives; then stop everything.
+
+        Returns the part that died, or raises ``KeyboardInterrupt`` on a signal.
+        """
+        def on_signal(signum: int, _frame: object) -> None:
+            raise KeyboardInterrupt(signal.Signals(signum).name)
+
+        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            while True:
+                dead = self.dead_part()
+                if dead is not None:
+                    return dead
+                time.sleep(poll_s)
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+            self.stop()

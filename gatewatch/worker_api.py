@@ -1,0 +1,64 @@
+"""Client of the worker's read-only HTTP API.
+
+chDB lets one process own a data directory, and while the stack runs that
+process is the worker; the CLI, the demo and the tests therefore read the
+store through the worker: ``GET /gatewatch/query/{name}/?param=value`` runs one
+of the named queries of ``storage/queries.py`` and answers
+``{"columns": [...], "rows": [[...], ...]}``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+
+
+class WorkerApiError(RuntimeError):
+    """The worker's read API answered with an error or could not be reached."""
+
+
+class WorkerApi:
+    """Synchronous client for the worker at ``base_url`` (e.g. ``http://127.0.0.1:6066``)."""
+
+    def __init__(self, base_url: str, timeout_s: float = 10.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout_s = timeout_s
+
+    def query(self, name: str, **params: Any) -> list[dict[str, Any]]:
+        """Run the named query; return its rows as dicts keyed by column name.
+
+        Raises :class:`WorkerApiError` on an HTTP error or an unreachable worker.
+        """
+        url = f"{self.base_url}/gatewatch/query/{name}/"
+        try:
+            resp = httpx.get(url, params=params, timeout=self.timeout_s)
+        except httpx.HTTPError as exc:
+            raise WorkerApiError(f"worker unreachable at {url}: {exc}") from exc
+        if resp.status_code != 200:
+            raise WorkerApiError(f"query {name} failed: HTTP {resp.status_code} {resp.text[:200]}")
+        body = resp.json()
+        return [dict(zip(body["columns"], row)) for row in body["rows"]]
+
+    def health(self) -> dict[str, Any]:
+        """The worker's health document (``ready``, ``assigned_partitions``, ``counters``)."""
+        try:
+            return httpx.get(f"{self.base_url}/gatewatch/health/", timeout=self.timeout_s).json()
+        except (httpx.HTTPError, ValueError) as exc:
+            raise WorkerApiError(f"worker health unavailable: {exc}") from exc
+
+    def table_counts(self) -> dict[str, int]:
+        """Deduplicated rows per table: ``{"requests": n, "detections": n, "decisions": n}``."""
+        rows = self.query("table_counts")
+        return {str(r["table"]): int(r["rows"]) for r in rows}
+
+    def wait_for_requests(self, expected: int, timeout_s: float = 30.0) -> int:
+        """Poll until the store holds at least ``expected`` requests or ``timeout_s`` passes;
+        return the last count seen (the sink flushes in batches, so this waits for it)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            seen = self.table_counts().get("requests", 0)
+            if seen >= expected or time.monotonic() > deadline:
+                return seen
+            time.sleep(0.25)
