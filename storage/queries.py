@@ -1,0 +1,232 @@
+"""Named read queries, kept in one place so the CLI, the demo, dashboards and
+tests reuse them instead of writing SQL again.
+
+:data:`QUERIES` maps a name to a :class:`NamedQuery` (SQL with ClickHouse
+server-side parameters such as ``{ip:IPv6}``, and a typed spec per parameter).
+:func:`run_query` checks the parameters, runs the SQL and returns
+``{"columns": [...], "rows": [[...], ...]}`` with JSON-safe values:
+timestamps as ISO 8601 UTC text, IPv4-mapped addresses as plain IPv4 text,
+``evidence`` columns as the stored JSON text.
+
+Queries that count rows read with ``FINAL`` (or count distinct ids) so that a
+redelivered record counts once; ``event_id_counts`` deliberately reads the
+physical rows to show duplicates.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import math
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from clickhouse_connect.driver.client import Client
+
+
+class UnknownQuery(KeyError):
+    """No query has that name."""
+
+
+class QueryParamError(ValueError):
+    """A parameter is missing, unknown or has a bad value."""
+
+
+def _ip(raw: Any) -> str:
+    try:
+        return str(ipaddress.ip_address(str(raw).strip()))
+    except ValueError:
+        raise QueryParamError(f"not an IP address: {raw!r}") from None
+
+
+def _limit(raw: Any) -> int:
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        raise QueryParamError(f"not an integer: {raw!r}") from None
+    if not 1 <= value <= 10_000:
+        raise QueryParamError(f"limit {value} out of range 1..10000")
+    return value
+
+
+@dataclass(frozen=True)
+class Param:
+    """A query parameter: ``parse`` turns the raw value (e.g. URL text) into the
+    bound value or raises :class:`QueryParamError`; ``default`` None means required."""
+
+    parse: Callable[[Any], Any]
+    default: Any = None
+    help: str = ""
+
+
+@dataclass(frozen=True)
+class NamedQuery:
+    """SQL, the names of the columns it returns, its typed parameters and a description.
+
+    ``columns`` is declared because chDB returns no column names for an empty result.
+    """
+
+    sql: str
+    columns: tuple[str, ...]
+    description: str
+    params: Mapping[str, Param] = field(default_factory=dict)
+
+
+_IP = Param(_ip, help="client IP address, IPv4 or IPv6")
+_LIMIT = Param(_limit, default=20, help="number of rows, 1..10000 (default 20)")
+
+QUERIES: dict[str, NamedQuery] = {
+    "table_counts": NamedQuery(
+        columns=("table", "rows"),
+        description="Rows per table, deduplicated by id. Columns: table, rows.",
+        sql="""
+            SELECT table, rows FROM (
+                SELECT 'requests' AS table, uniqExact(event_id) AS rows FROM requests
+                UNION ALL SELECT 'detections', uniqExact(detection_id) FROM detections
+                UNION ALL SELECT 'decisions', uniqExact(id) FROM decisions
+            ) ORDER BY table
+        """,
+    ),
+    "ip_timeline": NamedQuery(
+        columns=("requests", "first_ts", "first_blocked_ts", "requests_before_block", "blocked"),
+        description=("One row for an IP: requests, first_ts, first_blocked_ts (first request "
+                     "answered_by='decision', null if none), requests_before_block (all "
+                     "requests when never blocked), blocked (answered_by='decision')."),
+        params={"ip": _IP},
+        sql="""
+            WITH
+                {ip:IPv6} AS target,
+                (SELECT minIfOrNull(ts, answered_by = 'decision')
+                 FROM requests FINAL WHERE client_ip = target) AS first_block
+            SELECT
+                count() AS requests,
+                minOrNull(ts) AS first_ts,
+                first_block AS first_blocked_ts,
+                countIf(first_block IS NULL OR ts < first_block) AS requests_before_block,
+                countIf(answered_by = 'decision') AS blocked
+            FROM requests FINAL
+            WHERE client_ip = target
+        """,
+    ),
+    "blocked_excluding_ip": NamedQuery(
+        columns=("blocked", "clients"),
+        description=("Requests answered_by='decision' from any client but ip. "
+                     "Columns: blocked, clients (distinct client IPs)."),
+        params={"ip": _IP},
+        sql="""
+            SELECT count() AS blocked, uniqExact(client_ip) AS clients
+            FROM requests FINAL
+            WHERE answered_by = 'decision' AND client_ip != {ip:IPv6}
+        """,
+    ),
+    "event_id_counts": NamedQuery(
+        columns=("event_id", "count"),
+        description=("Physical rows per event_id (no FINAL): a count above 1 is a stored "
+                     "duplicate. Columns: event_id, count."),
+        sql="""
+            SELECT event_id, count() AS count
+            FROM requests
+            GROUP BY event_id
+            ORDER BY event_id
+        """,
+    ),
+    "recent_decisions": NamedQuery(
+        columns=("id", "created_at", "expires_at", "scope", "value", "action", "reason", "detector",
+                 "origin", "detection_id", "evidence"),
+        description="Latest decisions first (deduplicated by id).",
+        params={"limit": _LIMIT},
+        sql="""
+            SELECT id, created_at, expires_at, scope, value, action, reason, detector,
+                   origin, detection_id, evidence
+            FROM decisions FINAL
+            ORDER BY created_at DESC, id
+            LIMIT {limit:UInt32}
+        """,
+    ),
+    "recent_detections": NamedQuery(
+        columns=("detection_id", "ts", "detector", "scope", "value", "severity", "score", "summary",
+                 "evidence", "sample_event_ids"),
+        description="Latest detections first (deduplicated by detection_id).",
+        params={"limit": _LIMIT},
+        sql="""
+            SELECT detection_id, ts, detector, scope, value, severity, score, summary,
+                   evidence, sample_event_ids
+            FROM detections FINAL
+            ORDER BY ts DESC, detection_id
+            LIMIT {limit:UInt32}
+        """,
+    ),
+}
+
+
+def bind_params(name: str, raw: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Check ``raw`` against the spec of query ``name`` and return the bound values.
+
+    Raises :class:`UnknownQuery` for an unknown name and :class:`QueryParamError`
+    for a missing, unknown or malformed parameter.
+    """
+    query = QUERIES.get(name)
+    if query is None:
+        raise UnknownQuery(name)
+    raw = dict(raw or {})
+    unknown = sorted(set(raw) - set(query.params))
+    if unknown:
+        raise QueryParamError(f"unknown parameter(s) for {name}: {', '.join(unknown)}")
+    bound: dict[str, Any] = {}
+    for pname, spec in query.params.items():
+        if pname in raw:
+            bound[pname] = spec.parse(raw[pname])
+        elif spec.default is not None:
+            bound[pname] = spec.default
+        else:
+            raise QueryParamError(f"missing parameter {pname!r} for {name} ({spec.help})")
+    return bound
+
+
+def json_safe(value: Any) -> Any:
+    """Convert a value returned by ``clickhouse_connect`` into JSON-safe data.
+
+    Datetimes become ISO 8601 text in UTC (naive ones are taken as UTC, the
+    columns are ``DateTime64(3, 'UTC')``); IPv4-mapped IPv6 addresses become
+    IPv4 text; NaN/inf floats become None; bytes are decoded as UTF-8.
+    """
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=dt.timezone.utc)
+        return value.astimezone(dt.timezone.utc).isoformat()
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, ipaddress.IPv6Address):
+        return str(value.ipv4_mapped or value)
+    if isinstance(value, (ipaddress.IPv4Address, uuid.UUID)):
+        return str(value)
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("utf-8", errors="replace")
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [json_safe(v) for v in value]
+    return str(value)
+
+
+def run_query(client: Client, name: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Run the named query and return ``{"columns": [str], "rows": [[value]]}`` (JSON-safe).
+
+    Raises :class:`UnknownQuery` / :class:`QueryParamError` (see :func:`bind_params`);
+    engine errors propagate.
+    """
+    bound = bind_params(name, params)
+    result = client.query(QUERIES[name].sql, parameters=bound)
+    return {
+        "columns": list(result.column_names) or list(QUERIES[name].columns),
+        "rows": [[json_safe(v) for v in row] for row in result.result_rows],
+    }

@@ -1,0 +1,149 @@
+"""Writers and named queries on the real chDB engine."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from gatewatch.events import Decision, Detection, RequestEvent, new_id
+from storage.queries import QUERIES, QueryParamError, UnknownQuery, bind_params, run_query
+from storage.writer import write_decisions, write_detections, write_requests
+
+T0 = datetime(2025, 3, 1, 12, tzinfo=timezone.utc)
+ATTACKER = "203.0.113.7"
+
+
+def _event(i: int, ip: str, answered_by: str = "upstream", **kw) -> RequestEvent:
+    fields = dict(event_id=f"e{i:04d}", ts=T0 + timedelta(seconds=i), client_ip=ip, method="POST",
+                  host="api", path="/login", route="/login", status=403 if answered_by == "decision" else 401,
+                  answered_by=answered_by, login="failure", username_hash=f"u{i}")
+    return RequestEvent(**(fields | kw))
+
+
+def _rows(result: dict) -> list[dict]:
+    return [dict(zip(result["columns"], row)) for row in result["rows"]]
+
+
+@pytest.fixture
+def scenario(store):
+    """An attacker blocked after 10 requests, two benign clients (one IPv6), one redelivered batch."""
+    events = [_event(i, ATTACKER) for i in range(10)]
+    events += [_event(i, ATTACKER, "decision", decision_id="dec1") for i in range(10, 14)]
+    events += [_event(100 + i, "198.51.100.20") for i in range(3)]
+    events += [_event(200, "2001:db8::5", login=None)]
+    assert write_requests(store, events).inserted == len(events)
+    assert write_requests(store, events[:5]).inserted == 5  # redelivery: physical duplicates
+    detection = Detection(ts=T0 + timedelta(seconds=9), detector="credential_stuffing", scope="ip",
+                          value=ATTACKER, summary="s", evidence={"failures": 10}, sample_event_ids=["e0009"])
+    decision = Decision(scope="ip", value=ATTACKER, created_at=detection.ts,
+                        expires_at=detection.ts + timedelta(seconds=600), reason="r",
+                        detector="credential_stuffing", evidence={"failures": 10},
+                        detection_id=detection.detection_id)
+    write_detections(store, [detection, detection])
+    write_decisions(store, [decision])
+    return store, events, detection, decision
+
+
+def test_table_counts_are_deduplicated(scenario) -> None:
+    store, events, _, _ = scenario
+    counts = {r["table"]: r["rows"] for r in _rows(run_query(store, "table_counts", {}))}
+    assert counts == {"requests": len(events), "detections": 1, "decisions": 1}
+
+
+def test_event_id_counts_shows_physical_duplicates(scenario) -> None:
+    store, events, _, _ = scenario
+    result = run_query(store, "event_id_counts")
+    assert result["columns"] == ["event_id", "count"]
+    counts = dict(result["rows"])
+    assert set(counts) == {e.event_id for e in events}
+    assert sorted(k for k, n in counts.items() if n == 2) == [e.event_id for e in events[:5]]
+
+
+def test_ip_timeline(scenario) -> None:
+    store, _, _, _ = scenario
+    [row] = _rows(run_query(store, "ip_timeline", {"ip": ATTACKER}))
+    assert row == {"requests": 14, "first_ts": "2025-03-01T12:00:00+00:00",
+                   "first_blocked_ts": "2025-03-01T12:00:10+00:00", "requests_before_block": 10, "blocked": 4}
+    [never] = _rows(run_query(store, "ip_timeline", {"ip": "198.51.100.20"}))
+    assert never["first_blocked_ts"] is None and never["requests_before_block"] == never["requests"] == 3
+    [unknown] = _rows(run_query(store, "ip_timeline", {"ip": "192.0.2.99"}))
+    assert unknown == {"requests": 0, "first_ts": None, "first_blocked_ts": None,
+                       "requests_before_block": 0, "blocked": 0}
+
+
+def test_blocked_excluding_ip(scenario) -> None:
+    store, _, _, _ = scenario
+    assert _rows(run_query(store, "blocked_excluding_ip", {"ip": ATTACKER})) == [{"blocked": 0, "clients": 0}]
+    assert _rows(run_query(store, "blocked_excluding_ip", {"ip": "198.51.100.20"})) == [
+        {"blocked": 4, "clients": 1}]
+
+
+def test_recent_decisions_and_detections(scenario) -> None:
+    store, _, detection, decision = scenario
+    [dec] = _rows(run_query(store, "recent_decisions", {"limit": "5"}))
+    assert dec["id"] == decision.id and dec["value"] == ATTACKER and dec["action"] == "ban"
+    assert dec["created_at"] == decision.created_at.isoformat()
+    assert dec["expires_at"] == decision.expires_at.isoformat()
+    assert json.loads(dec["evidence"]) == {"failures": 10}
+    [det] = _rows(run_query(store, "recent_detections", {}))
+    assert det["detection_id"] == detection.detection_id and det["sample_event_ids"] == ["e0009"]
+    json.dumps(run_query(store, "recent_detections", {"limit": 1}))  # JSON-safe
+
+
+def test_ip_addresses_round_trip_as_text(store) -> None:
+    write_requests(store, [_event(1, "10.1.2.3"), _event(2, "2001:db8::7")])
+    rows = store.query("SELECT toString(client_ip) FROM requests ORDER BY event_id").result_rows
+    assert [r[0] for r in rows] == ["::ffff:10.1.2.3", "2001:db8::7"]
+    assert _rows(run_query(store, "ip_timeline", {"ip": "10.1.2.3"}))[0]["requests"] == 1
+    assert _rows(run_query(store, "ip_timeline", {"ip": "::ffff:10.1.2.3"}))[0]["requests"] == 1
+
+
+def test_timestamps_keep_their_instant(store) -> None:
+    plus2 = timezone(timedelta(hours=2))
+    event = _event(1, "10.0.0.1").model_copy(update={"ts": datetime(2025, 3, 1, 14, 0, 0, 123000, tzinfo=plus2)})
+    write_requests(store, [event])
+    [row] = _rows(run_query(store, "ip_timeline", {"ip": "10.0.0.1"}))
+    assert row["first_ts"] == "2025-03-01T12:00:00.123000+00:00"
+
+
+def test_rows_that_do_not_fit_are_rejected_alone(store) -> None:
+    good = _event(1, "10.0.0.1")
+    bad_ip = _event(2, "not-an-ip")
+    bad_status = _event(3, "10.0.0.1").model_copy(update={"status": 70000})
+    result = write_requests(store, [good, bad_ip, bad_status])
+    assert result.inserted == 1
+    assert [r[0] for r in result.rejected] == ["e0002", "e0003"]
+    assert dict(run_query(store, "event_id_counts")["rows"]) == {"e0001": 1}
+
+
+def test_unknown_query_and_bad_params() -> None:
+    with pytest.raises(UnknownQuery):
+        bind_params("nope", {})
+    with pytest.raises(QueryParamError, match="missing"):
+        bind_params("ip_timeline", {})
+    with pytest.raises(QueryParamError, match="IP"):
+        bind_params("ip_timeline", {"ip": "300.1.1.1"})
+    with pytest.raises(QueryParamError, match="unknown"):
+        bind_params("table_counts", {"x": "1"})
+    with pytest.raises(QueryParamError):
+        bind_params("recent_decisions", {"limit": "0"})
+    assert bind_params("recent_decisions", {}) == {"limit": 20}
+
+
+def test_every_named_query_runs_on_an_empty_store(store) -> None:
+    for name, query in QUERIES.items():
+        params = {"ip": "192.0.2.1"} if "ip" in query.params else {}
+        result = run_query(store, name, params)
+        assert result["columns"] == list(query.columns), name
+        assert isinstance(result["rows"], list)
+
+
+def test_declared_columns_match_the_engine(scenario) -> None:
+    store = scenario[0]
+    for name, query in QUERIES.items():
+        params = {"ip": ATTACKER} if "ip" in query.params else {}
+        result = store.query(query.sql, parameters=bind_params(name, params))
+        assert result.result_rows, name
+        assert list(result.column_names) == list(query.columns), name
