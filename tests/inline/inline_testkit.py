@@ -1,0 +1,124 @@
+"""Helpers for the inline tests: drive flows through addons, a tiny upstream, a real mitmdump.
+
+Not a conftest (its name would clash with other test folders'); test modules
+import it directly (pytest puts this folder on ``sys.path``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from mitmproxy import eventsequence, http
+from mitmproxy.test import taddons, tflow, tutils
+
+from gatewatch.commands import gateway_command
+from gatewatch.netutil import wait_for_port
+from gatewatch.settings import GatewatchSettings
+
+
+def make_flow(path: str = "/users/42", method: str = "GET", headers: dict[str, str] | None = None,
+              body: bytes = b"", peer: str = "127.0.0.1") -> http.HTTPFlow:
+    """A live request-only flow from ``peer`` (no response yet)."""
+    req = tutils.treq(method=method.encode(), path=path.encode("utf-8", "surrogateescape"),
+                      headers=http.Headers(), content=body)
+    for name, value in (headers or {}).items():
+        req.headers[name] = value
+    flow = tflow.tflow(req=req)
+    flow.client_conn.peername = (peer, 40000)
+    return flow
+
+
+async def run_flow(tctx: taddons.context, addons: Sequence[object], flow: http.HTTPFlow,
+                   upstream: http.Response | None = None) -> http.HTTPFlow:
+    """Run ``flow`` through ``addons`` hook by hook, in chain order, as mitmproxy does.
+
+    If no addon answers in ``request``, ``upstream`` (default: 200 ``{"ok":true}``)
+    is set as the upstream's response before the response hooks run.
+    Exceptions in hooks propagate (mitmproxy itself would only log them).
+    """
+    for event in eventsequence.iterate(flow):
+        for addon in addons:
+            await tctx.master.addons.invoke_addon(addon, event)
+        if event.name == "request" and flow.response is None and flow.error is None:
+            flow.response = upstream or http.Response.make(200, b'{"ok":true}',
+                                                           {"Content-Type": "application/json"})
+            flow.response.timestamp_start = flow.request.timestamp_end + 0.012
+    return flow
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """``POST /login`` answers 200 when the JSON password is "right", else 401;
+    everything else answers 200 with a small JSON body."""
+
+    protocol_version = "HTTP/1.1"
+
+    def _answer(self, status: int, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        self._answer(200, {"ok": True, "path": self.path})
+
+    def do_POST(self) -> None:  # noqa: N802
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length)
+        if self.path.split("?")[0] == "/login":
+            try:
+                ok = json.loads(body).get("password") == "right"
+            except ValueError:
+                self._answer(400, {"error": "bad json"})
+                return
+            self._answer(200 if ok else 401, {"login": "ok" if ok else "failed"})
+        else:
+            self._answer(200, {"ok": True, "path": self.path})
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@contextmanager
+def upstream_server() -> Iterator[str]:
+    """A real HTTP server on 127.0.0.1 in a thread; yields its base URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@contextmanager
+def mitmdump(settings: GatewatchSettings, log_path: Path, *extra: str) -> Iterator[subprocess.Popen]:
+    """A real mitmdump from :func:`gatewatch.commands.gateway_command`, settings passed
+    as ``GATEWATCH_*`` env vars; waits for its port and stops it (SIGTERM) afterwards."""
+    env = {**os.environ, **settings.to_env()}
+    cmd = [*gateway_command(settings), *extra]
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        try:
+            wait_for_port(settings.listen_host, settings.listen_port, timeout_s=20)
+        except TimeoutError:
+            raise AssertionError(f"mitmdump did not start (rc={proc.poll()}):\n{log_path.read_text()}")
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
