@@ -11,10 +11,12 @@ Hooks never wait on the broker: an event goes into a bounded
 ``asyncio.Queue`` (``put_nowait``; when full the event is dropped and
 counted), and a background task started in ``running()`` drains the queue
 into an aiokafka producer (sends are not awaited one by one; delivery is
-counted by callbacks). Messages are keyed by client IP, so every event of
-one client lands on one partition and per-IP state in the workers lives in
-one place. ``done()`` sends what is still queued, flushes and stops, within
-:data:`FLUSH_TIMEOUT_S`.
+counted by callbacks). While the broker is unreachable the task keeps
+retrying and the queue fills, then drops. Messages are keyed by client IP,
+so every event of one client lands on one partition and per-IP state in the
+workers lives in one place. ``done()`` waits for the queue to be sent,
+then stops the producer (which flushes), each within
+:data:`FLUSH_TIMEOUT_S`; what is left is counted as dropped.
 """
 
 from __future__ import annotations
@@ -34,8 +36,8 @@ from inline.routes import ensure_facts
 
 logger = logging.getLogger(__name__)
 
-#: Longest time ``done()`` spends sending queued events before giving up, seconds.
-FLUSH_TIMEOUT_S = 5.0
+#: Longest wait of ``done()`` for the queue to drain, and again for the producer to flush, seconds.
+FLUSH_TIMEOUT_S = 3.0
 #: Text fields are cut to these many characters (events stay small and bounded).
 MAX_PATH = 4096
 MAX_USER_AGENT = 512
@@ -159,17 +161,21 @@ class EventShipper:
             self._task = asyncio.create_task(self._ship(self.spec, self.queue), name="gatewatch event shipper")
 
     async def done(self) -> None:
-        if self._task is None:
+        if self._task is None or self.queue is None:
             return
+        # Let the shipper send what is queued (it may still be connecting), then
+        # stop it: the producer's stop() flushes its batches. Both bounded.
+        try:
+            await asyncio.wait_for(self.queue.join(), FLUSH_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            logger.warning("%d request events not sent at shutdown", self.queue.qsize())
         self._task.cancel()
         try:
             await asyncio.wait_for(self._task, FLUSH_TIMEOUT_S)
         except (asyncio.CancelledError, asyncio.TimeoutError):
             pass
-        self._task = None
-        if self.queue is not None:
-            self.stats.dropped += self.queue.qsize()
-            self.queue = None
+        self.stats.dropped += self.queue.qsize()
+        self._task, self.queue = None, None
 
     def response(self, flow: http.HTTPFlow) -> None:
         facts = ensure_facts(flow)
@@ -220,7 +226,23 @@ class EventShipper:
             fut.add_done_callback(self._delivered)
 
     async def _ship(self, spec: ShipSpec, queue: asyncio.Queue[RequestEvent]) -> None:
-        """Drain ``queue`` into a producer; retry the producer's start while the broker is away."""
+        """Start a producer (retrying while the broker is away), then drain ``queue`` into it
+        until cancelled; stopping the producer flushes what it still holds."""
+        producer = await self._start_producer(spec)
+        try:
+            while True:
+                event = await queue.get()
+                try:
+                    await self._send(producer, spec.topic, event)
+                finally:
+                    queue.task_done()
+        finally:
+            try:
+                await producer.stop()
+            except Exception as exc:
+                logger.warning("closing event producer: %s: %s", type(exc).__name__, exc)
+
+    async def _start_producer(self, spec: ShipSpec):
         from aiokafka import AIOKafkaProducer
 
         delays = brokers.backoff()
@@ -228,26 +250,16 @@ class EventShipper:
             producer = AIOKafkaProducer(bootstrap_servers=spec.bootstrap_servers, linger_ms=5,
                                         acks=1, enable_idempotence=False,
                                         client_id="gatewatch-gateway-events")
-            started = False
             try:
                 await producer.start()
-                started = True
-                while True:
-                    event = await queue.get()
-                    await self._send(producer, spec.topic, event)
+                return producer
             except asyncio.CancelledError:
-                if started:  # done(): send what is still queued; stop() below flushes
-                    while not queue.empty():
-                        await self._send(producer, spec.topic, queue.get_nowait())
+                await producer.stop()
                 raise
             except Exception as exc:
                 self.stats.reconnects += 1
                 # Warning, not error: see inline/brokers.py (mitmdump start-up quirk).
                 logger.warning("event producer for %s unavailable (%s: %s); retrying",
                                spec.bootstrap_servers, type(exc).__name__, exc)
-            finally:
-                try:
-                    await producer.stop()
-                except Exception as exc:
-                    logger.debug("closing event producer: %s", exc)
+                await producer.stop()
             await asyncio.sleep(next(delays))

@@ -16,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from mitmproxy import eventsequence, http
+from mitmproxy import flow as mflow
 from mitmproxy.test import taddons, tflow, tutils
 
 from gatewatch.commands import gateway_command
@@ -36,20 +37,24 @@ def make_flow(path: str = "/users/42", method: str = "GET", headers: dict[str, s
 
 
 async def run_flow(tctx: taddons.context, addons: Sequence[object], flow: http.HTTPFlow,
-                   upstream: http.Response | None = None) -> http.HTTPFlow:
+                   upstream: http.Response | None = None, upstream_error: str | None = None) -> http.HTTPFlow:
     """Run ``flow`` through ``addons`` hook by hook, in chain order, as mitmproxy does.
 
-    If no addon answers in ``request``, ``upstream`` (default: 200 ``{"ok":true}``)
-    is set as the upstream's response before the response hooks run.
-    Exceptions in hooks propagate (mitmproxy itself would only log them).
+    If no addon answers in ``request``, the upstream answers: ``upstream``
+    (default: 200 ``{"ok":true}``) 12 ms later, or, with ``upstream_error``,
+    the flow fails with that error and the ``error`` hooks run. Exceptions in
+    hooks propagate (mitmproxy itself would only log them).
     """
     for event in eventsequence.iterate(flow):
         for addon in addons:
             await tctx.master.addons.invoke_addon(addon, event)
         if event.name == "request" and flow.response is None and flow.error is None:
-            flow.response = upstream or http.Response.make(200, b'{"ok":true}',
-                                                           {"Content-Type": "application/json"})
-            flow.response.timestamp_start = flow.request.timestamp_end + 0.012
+            if upstream_error is not None:
+                flow.error = mflow.Error(upstream_error)
+            else:
+                flow.response = upstream or http.Response.make(200, b'{"ok":true}',
+                                                               {"Content-Type": "application/json"})
+                flow.response.timestamp_start = flow.request.timestamp_end + 0.012
     return flow
 
 
