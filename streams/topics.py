@@ -1,0 +1,54 @@
+"""The worker's topics. Values are raw bytes (``value_serializer='raw'``): records
+are parsed with :mod:`gatewatch.events` so that a malformed message is counted
+and skipped instead of crashing an agent.
+
+Requests are keyed by client IP (the gateway does it), so each IP's events are
+on one partition, in order.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import TypeVar
+
+from gatewatch.events import MalformedRecord
+from streams import counters
+from streams.app import app, settings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+requests_topic = app.topic(settings.topic_requests, key_serializer="raw", value_serializer="raw")
+detections_topic = app.topic(settings.topic_detections, key_serializer="raw", value_serializer="raw")
+decisions_topic = app.topic(settings.topic_decisions, key_serializer="raw", value_serializer="raw")
+
+
+def parse_or_count(parser: Callable[[bytes], T], value: bytes | None, counter: str) -> T | None:
+    """``parser(value)``, or None after counting ``counter`` when the message is malformed.
+
+    A null value (tombstone) is not malformed: it returns None without counting.
+    """
+    if value is None:
+        return None
+    try:
+        return parser(value)
+    except (MalformedRecord, ValueError, TypeError) as exc:
+        counters.incr(counter)
+        log.warning("skipped malformed message (%s): %s", counter, str(exc)[:200])
+        return None
+
+
+def parse_many(parser: Callable[[bytes], T], values: Iterable[bytes | None], kind: str) -> list[T]:
+    """Parse every value of a batch from topic ``kind`` (requests, detections, decisions),
+    skipping malformed ones (counted as ``malformed_<kind>``) and tombstones
+    (``tombstones_<kind>``)."""
+    out: list[T] = []
+    for value in values:
+        if value is None:
+            counters.incr(f"tombstones_{kind}")
+            continue
+        record = parse_or_count(parser, value, f"malformed_{kind}")
+        if record is not None:
+            out.append(record)
+    return out

@@ -1,0 +1,69 @@
+"""The worker's read API (Faust web views). The worker owns the chDB store, so
+other processes (CLI, demo, tests) read through here.
+
+* ``GET /gatewatch/health/`` → ``{"ready": bool, "store_open": bool,
+  "assigned_partitions": int, "fetch_max_wait_ms": int|null, "store": {...},
+  "counters": {...}}``; ``ready`` means the store is open and the consumer has
+  partitions assigned.
+* ``GET /gatewatch/query/{name}/?param=value`` → ``{"columns": [...], "rows": [[...]]}``
+  from :func:`storage.queries.run_query`, run on the store's thread;
+  unknown name → 404, bad parameters → 400, store not open → 503, all JSON
+  ``{"error": ..., ...}``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from storage.queries import QUERIES, QueryParamError, UnknownQuery
+from streams import counters
+from streams.app import app, store
+from streams.fetch_wait import live_fetch_max_wait_ms
+from streams.store import StoreNotReady
+
+log = logging.getLogger(__name__)
+
+
+def assigned_partitions() -> int:
+    """Number of topic partitions currently assigned to this worker (0 before the join)."""
+    try:
+        return len(app.consumer.assignment())
+    except Exception:  # consumer not started yet
+        return 0
+
+
+def health_payload() -> dict[str, Any]:
+    """The body of ``/gatewatch/health/``."""
+    assigned = assigned_partitions()
+    return {
+        "ready": store.ready and assigned > 0,
+        "store_open": store.ready,
+        "assigned_partitions": assigned,
+        "fetch_max_wait_ms": live_fetch_max_wait_ms(app),
+        "store": store.describe(),
+        "counters": counters.snapshot(),
+    }
+
+
+@app.page("/gatewatch/health/", name="gatewatch-health")
+async def health(view, request):  # type: ignore[no-untyped-def]
+    return view.json(health_payload())
+
+
+@app.page("/gatewatch/query/{name}/", name="gatewatch-query")
+async def query(view, request, name: str):  # type: ignore[no-untyped-def]
+    params = {key: request.query.getall(key)[-1] for key in request.query.keys()}
+    try:
+        result = await store.query(name, params)
+    except UnknownQuery:
+        return view.json({"error": f"unknown query {name!r}", "queries": sorted(QUERIES)}, status=404)
+    except QueryParamError as exc:
+        return view.json({"error": str(exc), "query": name,
+                          "params": {k: p.help for k, p in QUERIES[name].params.items()}}, status=400)
+    except StoreNotReady as exc:
+        return view.json({"error": str(exc)}, status=503)
+    except Exception as exc:  # engine error: report, keep serving
+        log.exception("query %s failed", name)
+        return view.json({"error": f"query {name} failed: {exc}"}, status=500)
+    return view.json(result)
