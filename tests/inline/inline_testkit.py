@@ -60,9 +60,13 @@ async def run_flow(tctx: taddons.context, addons: Sequence[object], flow: http.H
 
 class _Handler(BaseHTTPRequestHandler):
     """``POST /login`` answers 200 when the JSON password is "right", else 401;
-    everything else answers 200 with a small JSON body."""
+    everything else answers 200 with a small JSON body (echoing the path and
+    the ``X-Request-Id`` the gateway added)."""
 
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in separate writes; with Nagle's algorithm and
+    # delayed ACKs every response would take ~40 ms.
+    disable_nagle_algorithm = True
 
     def _answer(self, status: int, body: dict) -> None:
         data = json.dumps(body).encode()
@@ -73,7 +77,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-        self._answer(200, {"ok": True, "path": self.path})
+        self._answer(200, {"ok": True, "path": self.path, "request_id": self.headers.get("X-Request-Id")})
 
     def do_POST(self) -> None:  # noqa: N802
         length = int(self.headers.get("Content-Length") or 0)
@@ -110,7 +114,7 @@ def upstream_server() -> Iterator[str]:
 def mitmdump(settings: GatewatchSettings, log_path: Path, *extra: str) -> Iterator[subprocess.Popen]:
     """A real mitmdump from :func:`gatewatch.commands.gateway_command`, settings passed
     as ``GATEWATCH_*`` env vars; waits for its port and stops it (SIGTERM) afterwards."""
-    env = {**os.environ, **settings.to_env()}
+    env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}  # log lines as they happen
     cmd = [*gateway_command(settings), *extra]
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
