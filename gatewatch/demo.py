@@ -111,17 +111,17 @@ def summarize(log: TrafficLog, api: WorkerApi, watch: TopicWatch) -> DemoSummary
     stored = api.wait_for_requests(answered, timeout_s=30.0)
     timeline = api.query("ip_timeline", ip=ATTACKER_IP)[0]
     benign_blocked = api.query("blocked_excluding_ip", ip=ATTACKER_IP)[0]
-    first, first_block = timeline.get("first_ts"), timeline.get("first_block_ts")
+    first, first_block = timeline["first_ts"], timeline["first_blocked_ts"]
     seconds = None
-    if first and first_block and int(timeline.get("blocked", 0)) > 0:
+    if first and first_block:
         seconds = (datetime.fromisoformat(first_block) - datetime.fromisoformat(first)).total_seconds()
     return DemoSummary(
         requests_answered=answered,
         requests_stored=stored,
-        attack_requests=int(timeline["total"]),
-        attack_requests_before_block=int(timeline["before_block"]) if seconds is not None else None,
+        attack_requests=int(timeline["requests"]),
+        attack_requests_before_block=int(timeline["requests_before_block"]) if seconds is not None else None,
         seconds_to_first_block=seconds,
-        benign_blocked=int(next(iter(benign_blocked.values()))),
+        benign_blocked=int(benign_blocked["blocked"]),
         table_rows=api.table_counts(),
         detections_seen=watch.detections,
         decisions_seen=watch.decisions_seen,
@@ -198,6 +198,7 @@ def run_demo(settings: GatewatchSettings, run_dir: Path, users: int = 8, duratio
         summary = summarize(log, WorkerApi(stack.worker_url), watch)
     finally:
         stack.stop()
+    console.print()
     console.print(summary_table(summary))
     (run_dir / "summary.json").write_text(json.dumps(asdict(summary), indent=2))
     return summary
