@@ -1,0 +1,1 @@
+"""The inline gateway: mitmproxy addons loaded by ``inline/gateway.py`` (see its docstring for the order)."""

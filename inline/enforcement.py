@@ -45,6 +45,8 @@ SCOPES = frozenset({"ip", "prefix", "principal", "username", "asn", "country"})
 
 #: Seconds between sweeps of expired decisions out of the store.
 SWEEP_EVERY_S = 30.0
+#: Longest wait for the consumer to close in ``done()``, seconds.
+STOP_TIMEOUT_S = 3.0
 
 
 def canonical_value(scope: str, value: str) -> str:
@@ -282,8 +284,8 @@ class Enforcement:
         if self._task is not None:
             self._task.cancel()
             try:
-                await self._task
-            except asyncio.CancelledError:
+                await asyncio.wait_for(self._task, STOP_TIMEOUT_S)
+            except (asyncio.CancelledError, asyncio.TimeoutError):
                 pass
             self._task = None
 

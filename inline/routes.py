@@ -175,8 +175,12 @@ class Routes:
     """Addon: records client address, normalized path and route template; 400s bad paths.
 
     Also stamps the event id on the forwarded request as ``X-Request-Id`` so
-    that upstream logs can be joined with gateway events.
+    that upstream logs can be joined with gateway events (a client-sent
+    ``X-Request-Id`` is replaced). ``bad_requests`` counts 400 answers.
     """
+
+    def __init__(self) -> None:
+        self.bad_requests = 0
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         facts = ensure_facts(flow)
@@ -187,4 +191,5 @@ class Routes:
             return
         facts = ensure_facts(flow)
         if facts.bad_path is not None:
+            self.bad_requests += 1
             json_answer(flow, 400, {"error": "bad_request", "detail": facts.bad_path}, "bad_request")
