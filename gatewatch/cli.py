@@ -33,23 +33,24 @@ def up(
     run_dir: Optional[Path] = typer.Option(None, help="Where logs and the chDB store go."),
 ) -> None:
     """Start broker, worker and gateway in front of UPSTREAM; stop all on Ctrl-C or when one dies."""
-    from gatewatch.launcher import Stack, StackError
+    from gatewatch.launcher import Stack, StackError, signals_raise_interrupt
 
     settings = load_settings(upstream=upstream, listen_port=port)
     stack = Stack(settings, _run_dir(run_dir))
-    try:
-        stack.start()
-    except StackError as exc:
-        console.print(f"[red]start-up failed:[/] {exc}")
-        raise typer.Exit(1) from None
-    for part in stack.parts:
-        console.print(f"  {part.name:<8} {part.address:<28} log {part.log_path}")
-    console.print(f"gateway ready: [bold]{stack.gateway_url}[/] → {upstream}   (Ctrl-C stops)")
-    try:
-        dead = stack.supervise()
-    except KeyboardInterrupt:
-        console.print("stopping: gateway, worker, broker")
-        return
+    with signals_raise_interrupt():
+        try:
+            stack.start()
+            for part in stack.parts:
+                console.print(f"  {part.name:<8} {part.address:<28} pid {part.proc.pid:<8} log {part.log_path}")
+            console.print(f"gateway ready: [bold]{stack.gateway_url}[/] → {upstream}   (Ctrl-C stops)")
+            dead = stack.supervise()
+        except StackError as exc:
+            console.print(f"[red]start-up failed:[/] {exc}")
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            stack.stop()
+            console.print("stopped: gateway, worker, broker")
+            return
     console.print(f"[red]{dead.name} exited with code {dead.proc.returncode}[/]; stopped the others. "
                   f"Last lines of {dead.log_path}:\n{dead.log_tail()}")
     raise typer.Exit(1)

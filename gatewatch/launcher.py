@@ -19,6 +19,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -179,14 +181,11 @@ class Stack:
         self.parts.clear()
 
     def supervise(self, poll_s: float = 0.5) -> Part:
-        """Block until a part dies or SIGINT/SIGTERM arrives; then stop everything.
+        """Block until a part dies, then stop everything and return that part.
 
-        Returns the part that died, or raises ``KeyboardInterrupt`` on a signal.
+        Wrap the call in :func:`signals_raise_interrupt` so that SIGTERM, like
+        Ctrl-C, raises ``KeyboardInterrupt``; the parts are stopped either way.
         """
-        def on_signal(signum: int, _frame: object) -> None:
-            raise KeyboardInterrupt(signal.Signals(signum).name)
-
-        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             while True:
                 dead = self.dead_part()
@@ -194,6 +193,19 @@ class Stack:
                     return dead
                 time.sleep(poll_s)
         finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
             self.stop()
+
+
+@contextmanager
+def signals_raise_interrupt() -> Iterator[None]:
+    """Within the block, SIGINT and SIGTERM raise ``KeyboardInterrupt`` (so a supervisor
+    stops its children by PID on either, then returns normally)."""
+    def on_signal(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)

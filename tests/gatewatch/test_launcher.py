@@ -1,0 +1,82 @@
+"""``gatewatch up`` as a real process: it starts every part, stops them all on
+SIGINT/SIGTERM, and when one part dies it names it and stops the others."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gatewatch.keys import add_key
+from gatewatch.netutil import free_port, wait_for_port
+
+GATEWATCH = str(Path(sys.executable).parent / "gatewatch")
+
+
+@pytest.fixture
+def upstream() -> Iterator[str]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "gatewatch.sample_api", "--port", str(port)])
+    try:
+        wait_for_port("127.0.0.1", port, timeout_s=15)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def start_up(tmp_path: Path, upstream: str) -> tuple[subprocess.Popen, dict[str, int], list[str]]:
+    """Start ``gatewatch up`` and read its start-up lines until the gateway is ready."""
+    add_key(tmp_path / "keys.toml", "key_t", owner="t")
+    env = os.environ | {"GATEWATCH_KEYS_FILE": str(tmp_path / "keys.toml"), "COLUMNS": "200"}
+    proc = subprocess.Popen([GATEWATCH, "up", "--upstream", upstream, "--port", str(free_port()),
+                             "--run-dir", str(tmp_path / "run")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    lines: list[str] = []
+    deadline = time.monotonic() + 90
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if "gateway ready" in line:
+            break
+    pids = {m.group(1): int(m.group(2)) for m in (re.search(r"^\s+(\w+)\s+\S+\s+pid (\d+)", l)
+                                                   for l in lines) if m}
+    assert set(pids) == {"broker", "worker", "gateway"}, "".join(lines)
+    return proc, pids, lines
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_stops_every_part(tmp_path: Path, upstream: str, sig: signal.Signals) -> None:
+    proc, pids, _ = start_up(tmp_path, upstream)
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert all(gone(pid) for pid in pids.values()), pids
+    assert (tmp_path / "run" / "gateway.log").exists() and (tmp_path / "run" / "worker.log").exists()
+
+
+def test_dead_part_is_named_and_the_rest_stopped(tmp_path: Path, upstream: str) -> None:
+    proc, pids, _ = start_up(tmp_path, upstream)
+    os.kill(pids["broker"], signal.SIGKILL)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    assert "broker exited with code -9" in out
+    assert all(gone(pid) for pid in pids.values()), pids
