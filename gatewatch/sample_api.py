@@ -108,21 +108,20 @@ def make_app(data: SampleData | None = None) -> web.Application:
         except ValueError:
             return None
 
+    def own_user(request: web.Request) -> tuple[int | None, web.Response | None]:
+        uid = object_id(request)
+        return uid, owned(request, uid in data.users.values(), uid)
+
     @routes.get("/users/{id}")
     async def get_user(request: web.Request) -> web.Response:
-        uid = object_id(request)
-        denied = owned(request, uid in data.users.values(), uid)
-        if denied:
-            return denied
-        return web.json_response({"id": uid, "username": f"user{uid}", "orders": len(data.orders_of(uid))})
+        uid, denied = own_user(request)
+        return denied or web.json_response(
+            {"id": uid, "username": f"user{uid}", "orders": len(data.orders_of(uid))})
 
     @routes.get("/users/{id}/orders")
     async def list_orders(request: web.Request) -> web.Response:
-        uid = object_id(request)
-        denied = owned(request, uid in data.users.values(), uid)
-        if denied:
-            return denied
-        return web.json_response({"orders": data.orders_of(uid)})
+        uid, denied = own_user(request)
+        return denied or web.json_response({"orders": data.orders_of(uid)})
 
     @routes.get("/orders/{id}")
     async def get_order(request: web.Request) -> web.Response:

@@ -7,6 +7,8 @@ here skips.
 from __future__ import annotations
 
 from collections.abc import Iterator
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -37,3 +39,16 @@ def settings(broker: str, tmp_path: Path) -> GatewatchSettings:
                       keys_file=tmp_path / "keys.toml")
     create_topics(s)
     return s
+
+
+@pytest.fixture
+def sample_api() -> Iterator[str]:
+    """The sample upstream API as a real process on a free loopback port; yields its base URL."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "gatewatch.sample_api", "--port", str(port)])
+    try:
+        wait_for_port("127.0.0.1", port, timeout_s=15)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

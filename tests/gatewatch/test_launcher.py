@@ -9,27 +9,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from gatewatch.keys import add_key
-from gatewatch.netutil import free_port, wait_for_port
+from gatewatch.netutil import free_port
 
 GATEWATCH = str(Path(sys.executable).parent / "gatewatch")
-
-
-@pytest.fixture
-def upstream() -> Iterator[str]:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "gatewatch.sample_api", "--port", str(port)])
-    try:
-        wait_for_port("127.0.0.1", port, timeout_s=15)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def start_up(tmp_path: Path, upstream: str) -> tuple[subprocess.Popen, dict[str, int], list[str]]:
@@ -64,8 +51,8 @@ def gone(pid: int) -> bool:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_signal_stops_every_part(tmp_path: Path, upstream: str, sig: signal.Signals) -> None:
-    proc, pids, _ = start_up(tmp_path, upstream)
+def test_signal_stops_every_part(tmp_path: Path, sample_api: str, sig: signal.Signals) -> None:
+    proc, pids, _ = start_up(tmp_path, sample_api)
     proc.send_signal(sig)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out
@@ -73,8 +60,8 @@ def test_signal_stops_every_part(tmp_path: Path, upstream: str, sig: signal.Sign
     assert (tmp_path / "run" / "gateway.log").exists() and (tmp_path / "run" / "worker.log").exists()
 
 
-def test_dead_part_is_named_and_the_rest_stopped(tmp_path: Path, upstream: str) -> None:
-    proc, pids, _ = start_up(tmp_path, upstream)
+def test_dead_part_is_named_and_the_rest_stopped(tmp_path: Path, sample_api: str) -> None:
+    proc, pids, _ = start_up(tmp_path, sample_api)
     os.kill(pids["broker"], signal.SIGKILL)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 1

@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from gatewatch.netutil import free_port, wait_for_port
 from gatewatch.sample_api import SampleData, password_for
 
 
-@pytest.fixture(scope="module")
-def api() -> Iterator[httpx.Client]:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "gatewatch.sample_api", "--port", str(port)])
-    try:
-        wait_for_port("127.0.0.1", port, timeout_s=15)
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
-            yield client
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+@pytest.fixture
+def api(sample_api: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=sample_api) as client:
+        yield client
 
 
 def login(api: httpx.Client, user: str) -> dict:
