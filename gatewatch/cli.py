@@ -19,6 +19,9 @@ app = typer.Typer(help="gatewatch: API security gateway and abuse-detection pipe
                   no_args_is_help=True, add_completion=False)
 keys_app = typer.Typer(help="Manage API keys (the keys file stores hashes only).", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+geo_app = typer.Typer(help="Geo-IP data: DB-IP Lite city + ASN (CC-BY-4.0, IP Geolocation by DB-IP).",
+                      no_args_is_help=True)
+app.add_typer(geo_app, name="geo")
 console = Console()
 
 
@@ -90,6 +93,38 @@ def keys_create(
         raise typer.Exit(1) from None
     console.print(f"created {key_id} in {path}; the key (shown once):")
     print(raw)
+
+
+@geo_app.command("install")
+def geo_install(force: bool = typer.Option(False, help="Fetch again even if present.")) -> None:
+    """Fetch the pinned geo-IP packages from the npm registry into settings.geo.dir."""
+    from gatewatch import geoip
+
+    geo_dir = load_settings().geo.dir.expanduser()
+    if geoip.installed(geo_dir) and not force:
+        console.print(f"geo data already in {geo_dir}")
+        return
+    try:
+        files = geoip.install(geo_dir)
+    except geoip.GeoDataError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from None
+    console.print(f"installed {len(files)} files in {geo_dir}")
+
+
+@geo_app.command("lookup")
+def geo_lookup(ips: list[str] = typer.Argument(..., help="Addresses to look up.")) -> None:
+    """Print country, city, coordinates and ASN of each address."""
+    from gatewatch import geoip
+
+    geo = load_settings().geo
+    try:
+        db = geoip.GeoIp(geo.dir, geo.city_mmdb)
+    except geoip.GeoDataError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from None
+    for ip in ips:
+        console.print(f"{ip}\t{db.lookup(ip)}")
 
 
 @app.command("sample-api")

@@ -62,6 +62,14 @@ class CredentialStuffingSettings(BaseModel):
     ban_ttl_s: float = 600.0
 
 
+class GeoSettings(BaseModel):
+    """Where the geo-IP data lives (see gatewatch/geoip.py; ``gatewatch geo install`` fills ``dir``)."""
+
+    dir: Path = Path("~/.cache/gatewatch/geo")
+    city_mmdb: Path | None = Field(
+        None, description="A MaxMind GeoLite2/GeoIP2 City .mmdb to use instead of the DB-IP files.")
+
+
 class GatewatchSettings(BaseSettings):
     """Every knob of the local stack. Field names are the env names without prefix."""
 
@@ -99,6 +107,9 @@ class GatewatchSettings(BaseSettings):
     ip_rate_limit: RateLimit = RateLimit(rate_per_s=50.0, burst=100)
     principal_rate_limit: RateLimit = RateLimit(rate_per_s=100.0, burst=200)
     event_queue_max: int = 100_000
+
+    # Geo-IP data (city .mmdb and ASN ranges), shared by gateway and worker
+    geo: GeoSettings = GeoSettings()
 
     # Worker
     worker_web_host: str = "127.0.0.1"
