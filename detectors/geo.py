@@ -1,0 +1,187 @@
+"""Geo anomalies per principal: impossible travel, a new country, a per-key country policy.
+
+What it detects
+    * **Impossible travel**: two requests of one principal from places farther
+      apart than ``min_distance_km`` with an implied ground speed above
+      ``max_speed_kmh`` (haversine great-circle distance over elapsed time).
+      The default, 900 km/h, is about the cruise speed of a jet airliner:
+      faster than any real trip between two cities.
+    * **New country**: after a principal's ``learning_s`` learning period (and
+      at least ``min_learning_events`` located requests), a request from a
+      country it was never seen in. Alerted once per country.
+    * **Country policy** (optional): a principal listed in ``allowed_countries``
+      calling from any other country.
+
+What it will not catch
+    * Anything from addresses without a location (private, loopback, unknown).
+    * An attacker in the same city or country as the victim.
+    * Distances under ``min_distance_km``: city-level IP geolocation is often
+      off by tens to hundreds of km (MaxMind publishes an accuracy radius per
+      record for this reason), so shorter jumps — a phone changing cells, a
+      commuter — are never "travel".
+    A corporate VPN or a cloud egress can look like travel; this detector
+    raises detections for people to review (or for a ``challenge``), it is not
+    meant to ban on its own.
+
+Parameters (units in names): ``max_speed_kmh`` (900), ``min_distance_km``
+(500), ``learning_s`` (7 days), ``min_learning_events`` (20), ``state_ttl_s``
+(30 days: a principal silent that long is forgotten).
+
+Example::
+
+    >>> from datetime import datetime, timezone, timedelta
+    >>> from gatewatch.events import RequestEvent
+    >>> det = GeoAnomalyDetector(learning_s=0, min_learning_events=0)
+    >>> t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    >>> def ev(ts):
+    ...     return RequestEvent(event_id=str(ts), ts=ts, client_ip="192.0.2.1", method="GET",
+    ...                         host="api", path="/", route="/", status=200, principal="key_a")
+    >>> det.process(ev(t0), GeoPoint(51.5, -0.12, "GB"), now=t0)
+    []
+    >>> [d.evidence["kind"] for d in det.process(ev(t0 + timedelta(minutes=30)),
+    ...                                           GeoPoint(40.7, -74.0, "US"), now=t0 + timedelta(minutes=30))]
+    ['impossible_travel', 'new_country']
+
+References: R. W. Sinnott, "Virtues of the Haversine", Sky & Telescope 68(2), 1984;
+IUGG mean Earth radius 6371.0088 km (Moritz, Geodetic Reference System 1980).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from gatewatch.events import Detection, RequestEvent
+
+DETECTOR = "geo"
+#: IUGG mean Earth radius, km.
+EARTH_RADIUS_KM = 6371.0088
+
+
+@dataclass(frozen=True, slots=True)
+class GeoPoint:
+    """A located request: ``lat``/``lon`` in degrees (WGS 84), ISO country code."""
+
+    lat: float
+    lon: float
+    country: str | None = None
+
+
+def haversine_km(a: GeoPoint, b: GeoPoint) -> float:
+    """Great-circle distance between ``a`` and ``b`` in km (haversine formula, Sinnott 1984)."""
+    p1, p2 = math.radians(a.lat), math.radians(b.lat)
+    dp, dl = p2 - p1, math.radians(b.lon - a.lon)
+    h = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+    return 2 * EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(h)))
+
+
+@dataclass(slots=True)
+class _Seen:
+    first_ts: float
+    last_ts: float
+    last_point: GeoPoint
+    last_ip: str
+    last_event_id: str
+    located_events: int = 0
+    countries: set[str] = field(default_factory=set)
+
+
+class GeoAnomalyDetector:
+    """Online detector of geo anomalies per principal; see the module docstring.
+
+    :meth:`process` takes one event, its location (or None) and the clock
+    (event time), and returns 0..3 detections. State: one small record per
+    principal, dropped after ``state_ttl_s`` of silence.
+    """
+
+    def __init__(self, max_speed_kmh: float = 900.0, min_distance_km: float = 500.0,
+                 learning_s: float = 7 * 86400.0, min_learning_events: int = 20,
+                 allowed_countries: dict[str, frozenset[str]] | None = None,
+                 state_ttl_s: float = 30 * 86400.0) -> None:
+        self.max_speed_kmh = max_speed_kmh
+        self.min_distance_km = min_distance_km
+        self.learning_s = learning_s
+        self.min_learning_events = min_learning_events
+        self.allowed_countries = dict(allowed_countries or {})
+        self.state_ttl_s = state_ttl_s
+        self._seen: dict[str, _Seen] = {}
+        self._last_sweep = 0.0
+
+    def process(self, event: RequestEvent, point: GeoPoint | None, now: datetime) -> list[Detection]:
+        """Learn from ``event`` located at ``point`` and return the detections it raises.
+
+        Events without a principal or a location change nothing.
+        """
+        if not event.principal or point is None:
+            return []
+        t = now.timestamp()
+        self._sweep(t)
+        seen = self._seen.get(event.principal)
+        out: list[Detection] = []
+        if point.country and event.principal in self.allowed_countries \
+                and point.country not in self.allowed_countries[event.principal]:
+            out.append(self._detection(event, now, "ip", event.client_ip, "country_policy", "high",
+                                       f"{event.principal} called from {point.country}, outside its "
+                                       f"allowed countries", {
+                                           "country": point.country,
+                                           "allowed": sorted(self.allowed_countries[event.principal])}))
+        if seen is None:
+            self._seen[event.principal] = _Seen(t, t, point, event.client_ip, event.event_id, 1,
+                                                {point.country} if point.country else set())
+            return out
+        distance = haversine_km(seen.last_point, point)
+        elapsed_h = max(t - seen.last_ts, 1.0) / 3600.0  # 1 s floor: same-second hops
+        speed = distance / elapsed_h
+        if distance >= self.min_distance_km and speed > self.max_speed_kmh:
+            out.append(self._detection(event, now, "principal", event.principal, "impossible_travel", "high",
+                                       f"{event.principal} moved {distance:.0f} km in "
+                                       f"{elapsed_h * 60:.1f} min ({speed:.0f} km/h)", {
+                                           "distance_km": round(distance, 1),
+                                           "elapsed_s": round(t - seen.last_ts, 3),
+                                           "speed_kmh": round(speed, 1),
+                                           "max_speed_kmh": self.max_speed_kmh,
+                                           "min_distance_km": self.min_distance_km,
+                                           "from": {"ip": seen.last_ip, "lat": seen.last_point.lat,
+                                                    "lon": seen.last_point.lon,
+                                                    "country": seen.last_point.country},
+                                           "to": {"ip": event.client_ip, "lat": point.lat, "lon": point.lon,
+                                                  "country": point.country},
+                                       }, [seen.last_event_id, event.event_id]))
+        learned = (t - seen.first_ts >= self.learning_s
+                   and seen.located_events >= self.min_learning_events)
+        if point.country and point.country not in seen.countries:
+            if learned:
+                out.append(self._detection(event, now, "principal", event.principal, "new_country", "medium",
+                                           f"{event.principal} seen in {point.country} for the first time", {
+                                               "country": point.country,
+                                               "known_countries": sorted(seen.countries),
+                                               "learning_s": self.learning_s,
+                                               "located_events": seen.located_events,
+                                           }))
+            seen.countries.add(point.country)
+        seen.last_ts, seen.last_point = t, point
+        seen.last_ip, seen.last_event_id = event.client_ip, event.event_id
+        seen.located_events += 1
+        return out
+
+    def _detection(self, event: RequestEvent, now: datetime, scope: str, value: str, kind: str,
+                   severity: str, summary: str, evidence: dict, samples: list[str] | None = None
+                   ) -> Detection:
+        return Detection(detection_id=f"{DETECTOR}:{kind}:{event.event_id}", ts=now, detector=DETECTOR,
+                         scope=scope, value=value, severity=severity, summary=summary,
+                         evidence={"kind": kind, **evidence},
+                         sample_event_ids=samples or [event.event_id])
+
+    def _sweep(self, t: float) -> None:
+        # Forget principals silent for state_ttl_s; at most once per hour of event time.
+        if t - self._last_sweep < 3600.0:
+            return
+        self._last_sweep = t
+        cutoff = t - self.state_ttl_s
+        for principal in [p for p, s in self._seen.items() if s.last_ts < cutoff]:
+            del self._seen[principal]
+
+    def __len__(self) -> int:
+        """Principals currently remembered."""
+        return len(self._seen)

@@ -1,0 +1,111 @@
+"""The geo-anomaly detector: impossible travel, new country, country policy."""
+
+from __future__ import annotations
+
+import pickle
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from detectors.geo import GeoAnomalyDetector, GeoPoint, haversine_km
+from gatewatch import geoip
+from gatewatch.events import RequestEvent
+from gatewatch.settings import load_settings
+
+T0 = datetime(2026, 11, 1, 8, 0, tzinfo=timezone.utc)
+LONDON, NEW_YORK = GeoPoint(51.5074, -0.1278, "GB"), GeoPoint(40.7128, -74.0060, "US")
+PARIS, WOKING = GeoPoint(48.8566, 2.3522, "FR"), GeoPoint(51.3190, -0.5580, "GB")
+
+
+def ev(minutes: float, principal: str = "key_a", ip: str = "192.0.2.10") -> RequestEvent:
+    ts = T0 + timedelta(minutes=minutes)
+    return RequestEvent(event_id=f"e{minutes}", ts=ts, client_ip=ip, method="GET", host="api",
+                        path="/users/1", route="/users/{id}", status=200, principal=principal)
+
+
+def run(det: GeoAnomalyDetector, steps: list[tuple[float, GeoPoint | None]], principal: str = "key_a"):
+    out = []
+    for minutes, point in steps:
+        e = ev(minutes, principal)
+        out += det.process(e, point, now=e.ts)
+    return out
+
+
+def kinds(detections) -> list[str]:
+    return [d.evidence["kind"] for d in detections]
+
+
+def test_haversine_known_distance() -> None:
+    # London–New York great-circle distance is about 5570 km.
+    assert haversine_km(LONDON, NEW_YORK) == pytest.approx(5570, rel=0.01)
+    assert haversine_km(PARIS, PARIS) == 0.0
+
+
+def test_impossible_travel_fires_on_speed_above_limit() -> None:
+    det = GeoAnomalyDetector(learning_s=0, min_learning_events=0)
+    found = run(det, [(0, LONDON), (30, NEW_YORK)])
+    travel = [d for d in found if d.evidence["kind"] == "impossible_travel"]
+    assert len(travel) == 1 and travel[0].scope == "principal" and travel[0].value == "key_a"
+    assert travel[0].evidence["speed_kmh"] > 900 and travel[0].sample_event_ids == ["e0", "e30"]
+
+
+def test_a_real_flight_is_not_impossible() -> None:
+    det = GeoAnomalyDetector(learning_s=0, min_learning_events=0)
+    assert "impossible_travel" not in kinds(run(det, [(0, LONDON), (8 * 60, NEW_YORK)]))
+
+
+def test_short_hops_within_geolocation_error_are_ignored() -> None:
+    det = GeoAnomalyDetector()
+    # A phone changing cells: ~40 km in one minute is 2400 km/h, but under min_distance_km.
+    assert run(det, [(0, LONDON), (1, WOKING), (2, LONDON)]) == []
+
+
+def test_new_country_only_after_learning_and_once() -> None:
+    det = GeoAnomalyDetector(learning_s=3600, min_learning_events=3, max_speed_kmh=1e9)
+    steps = [(0, LONDON), (10, LONDON), (20, PARIS)]  # learning: Paris is learned, not alerted
+    steps += [(61 + i, LONDON) for i in range(3)]
+    steps += [(120, NEW_YORK), (130, NEW_YORK), (140, PARIS)]
+    assert kinds(run(det, steps)) == ["new_country"]
+
+
+def test_country_policy_names_the_ip() -> None:
+    det = GeoAnomalyDetector(allowed_countries={"key_a": frozenset({"GB"})}, learning_s=1e9)
+    found = run(det, [(0, LONDON), (600, PARIS)])
+    assert [(d.evidence["kind"], d.scope, d.value) for d in found] == [("country_policy", "ip", "192.0.2.10")]
+
+
+def test_missing_principal_or_location_changes_nothing() -> None:
+    det = GeoAnomalyDetector(learning_s=0, min_learning_events=0)
+    assert run(det, [(0, None), (1, LONDON)], principal="") == []
+    assert run(det, [(0, LONDON), (1, None), (2, LONDON)]) == [] and len(det) == 1
+
+
+def test_state_pickles_and_resumes() -> None:
+    det = GeoAnomalyDetector(learning_s=0, min_learning_events=0)
+    run(det, [(0, LONDON)])
+    restored = pickle.loads(pickle.dumps(det))
+    assert "impossible_travel" in kinds(run(restored, [(20, NEW_YORK)]))
+
+
+def test_silent_principals_are_forgotten() -> None:
+    det = GeoAnomalyDetector(state_ttl_s=86400)
+    run(det, [(0, LONDON)], principal="old")
+    run(det, [(3 * 24 * 60, LONDON)], principal="new")
+    assert len(det) == 1
+
+
+def test_located_by_the_real_geo_database_ipv4_and_ipv6() -> None:
+    geo_dir = load_settings().geo.dir.expanduser()
+    if not geoip.installed(geo_dir):
+        geoip.install(geo_dir)
+    db = geoip.GeoIp(geo_dir, with_asn=False)
+
+    def point(ip: str) -> GeoPoint:
+        info = db.lookup(ip)
+        assert info is not None and info.lat is not None
+        return GeoPoint(info.lat, info.lon, info.country)
+
+    det = GeoAnomalyDetector(learning_s=0, min_learning_events=0)
+    first, second = ev(0, ip="81.2.69.160"), ev(10, ip="2a02:26f0::1")  # London, then Singapore
+    assert det.process(first, point(first.client_ip), now=first.ts) == []
+    assert "impossible_travel" in kinds(det.process(second, point(second.client_ip), now=second.ts))
