@@ -53,6 +53,25 @@ class RateLimit(BaseModel):
     burst: int
 
 
+class CircuitBreakerSettings(BaseModel):
+    """Upstream circuit breaker per route template (see inline/circuit_breaker.py).
+
+    Over the last ``window_s`` seconds, once at least ``min_calls`` upstream
+    calls were made, the breaker opens when the share of failed calls (5xx,
+    connection errors, or slower than ``slow_call_s``) reaches
+    ``failure_rate``; after ``open_s`` seconds it lets ``half_open_probes``
+    calls through and closes if they all succeed, else opens again.
+    """
+
+    enabled: bool = True
+    window_s: float = 10.0
+    min_calls: int = 20
+    failure_rate: float = 0.5
+    slow_call_s: float = 10.0
+    open_s: float = 5.0
+    half_open_probes: int = 3
+
+
 class CredentialStuffingSettings(BaseModel):
     """Thresholds of the per-IP credential-stuffing detector (see detectors/credential_stuffing.py)."""
 
@@ -107,6 +126,27 @@ class GatewatchSettings(BaseSettings):
     ip_rate_limit: RateLimit = RateLimit(rate_per_s=50.0, burst=100)
     principal_rate_limit: RateLimit = RateLimit(rate_per_s=100.0, burst=200)
     event_queue_max: int = 100_000
+    # Client identity: X-Forwarded-For / Forwarded are read only from these peers (CIDRs).
+    trusted_proxies: list[str] = Field(default_factory=list)
+    forwarded_header: str = Field(
+        "x-forwarded-for", description="Header the trusted proxies write: x-forwarded-for or forwarded.")
+    allow_list: list[str] = Field(default_factory=list, description="CIDRs never blocked or rate-limited.")
+    deny_list: list[str] = Field(default_factory=list, description="CIDRs always answered 403.")
+    # Decisions: prefix length of a prefix decision given as a bare address; throttle limit.
+    decision_prefix_v4: int = 24
+    decision_prefix_v6: int = 64
+    throttle_rate_limit: RateLimit = RateLimit(rate_per_s=1.0, burst=5)
+    decisions_fail_open: bool = True
+    geo_lookup: str = Field("", description="'module:function' mapping a client IP to (asn, country) or None.")
+    # Event spool: where events wait on disk while the broker is away.
+    spool_dir: Path = Path(".gatewatch/spool")
+    spool_max_bytes: int = 256 * 1024 * 1024
+    spool_segment_bytes: int = 4 * 1024 * 1024
+    events_fail_open: bool = True
+    circuit_breaker: CircuitBreakerSettings = CircuitBreakerSettings()
+    # Admin port: Prometheus metrics (0 = off).
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 9464
 
     # Geo-IP data (city .mmdb and ASN ranges), shared by gateway and worker
     geo: GeoSettings = GeoSettings()
