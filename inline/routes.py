@@ -1,7 +1,8 @@
 """Client identity and route templates: the first addon every request meets.
 
 For each request it records, in :class:`inline.flowstate.FlowFacts`, the
-client address (from the socket, never from a header), the normalized path
+client address (the socket peer, or the address forwarded by trusted
+proxies only: :mod:`inline.client_identity`), the normalized path
 that every later match uses (public routes, login routes) and the route
 template the events carry (``/users/{id}``). A path the gateway cannot parse
 is answered with 400 (``answered_by="bad_request"``).
@@ -15,9 +16,13 @@ from __future__ import annotations
 import ipaddress
 import re
 
-from mitmproxy import http
+from collections.abc import Sequence
+
+from mitmproxy import ctx, exceptions, http
 
 from gatewatch.events import new_id
+from gatewatch.settings import load_settings
+from inline.client_identity import NO_PROXIES, TrustedProxies, resolve_client_ip
 from inline.flowstate import METADATA_KEY, FlowFacts, answered, get_facts, json_answer
 
 
@@ -150,10 +155,14 @@ def route_template(path: str) -> str:
     return "/".join(ID if is_id_segment(seg) else seg for seg in path.split("/"))
 
 
-def build_facts(flow: http.HTTPFlow) -> FlowFacts:
-    """Fresh facts for ``flow``: a new event id, the client address, the
-    normalized path and route (or ``bad_path`` with the reason)."""
-    facts = FlowFacts(event_id=new_id(), client_ip=client_ip(flow.client_conn.peername))
+def build_facts(flow: http.HTTPFlow, trusted: TrustedProxies = NO_PROXIES) -> FlowFacts:
+    """Fresh facts for ``flow``: a new event id, the client address (resolved
+    through ``trusted`` proxies), the normalized path and route (or
+    ``bad_path`` with the reason)."""
+    peer = client_ip(flow.client_conn.peername)
+    if len(trusted.networks) and flow.request is not None:
+        peer = resolve_client_ip(peer, flow.request.headers.get_all(trusted.header), trusted)
+    facts = FlowFacts(event_id=new_id(), client_ip=peer)
     try:
         facts.path = normalize_path(flow.request.path)
         facts.route = route_template(facts.path)
@@ -162,12 +171,17 @@ def build_facts(flow: http.HTTPFlow) -> FlowFacts:
     return facts
 
 
+#: Trusted proxies in force (set by :meth:`Routes.configure`); module-level so that
+#: :func:`ensure_facts`, called by any addon, resolves the client the same way.
+_trusted: TrustedProxies = NO_PROXIES
+
+
 def ensure_facts(flow: http.HTTPFlow) -> FlowFacts:
     """The facts of ``flow``, built and stored now if no hook has built them yet
     (for flows that fail before ``requestheaders``)."""
     facts = get_facts(flow)
     if facts is None:
-        facts = flow.metadata[METADATA_KEY] = build_facts(flow)
+        facts = flow.metadata[METADATA_KEY] = build_facts(flow, _trusted)
     return facts
 
 
@@ -177,10 +191,31 @@ class Routes:
     Also stamps the event id on the forwarded request as ``X-Request-Id`` so
     that upstream logs can be joined with gateway events (a client-sent
     ``X-Request-Id`` is replaced). ``bad_requests`` counts 400 answers.
+
+    Options: ``gatewatch_trusted_proxies`` (CIDRs whose forwarded header is
+    believed) and ``gatewatch_forwarded_header`` (``x-forwarded-for`` or
+    ``forwarded``).
     """
 
     def __init__(self) -> None:
         self.bad_requests = 0
+
+    def load(self, loader) -> None:
+        s = load_settings()
+        loader.add_option("gatewatch_trusted_proxies", Sequence[str], list(s.trusted_proxies),
+                          "Proxy networks (CIDR) whose forwarded header names the client.")
+        loader.add_option("gatewatch_forwarded_header", str, s.forwarded_header,
+                          "Header the trusted proxies write: x-forwarded-for or forwarded (RFC 7239).")
+
+    def configure(self, updated: set[str]) -> None:
+        global _trusted
+        if not updated & {"gatewatch_trusted_proxies", "gatewatch_forwarded_header"}:
+            return
+        try:
+            _trusted = TrustedProxies.parse(ctx.options.gatewatch_trusted_proxies,
+                                            ctx.options.gatewatch_forwarded_header)
+        except ValueError as exc:
+            raise exceptions.OptionsError(f"gatewatch_trusted_proxies: {exc}") from exc
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         facts = ensure_facts(flow)
