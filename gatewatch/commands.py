@@ -38,6 +38,14 @@ def gateway_command(settings: GatewatchSettings) -> list[str]:
     ]
 
 
+def serve_command(settings: GatewatchSettings, reuse_port: bool = False) -> list[str]:
+    """The gateway on its minimal mitmproxy master (``python -m inline.serve``): only the
+    addons a reverse proxy needs, optionally sharing its port with others (``SO_REUSEPORT``)."""
+    argv = [sys.executable, "-m", "inline.serve", "--upstream", settings.upstream,
+            "--listen-host", settings.listen_host, "--listen-port", str(settings.listen_port)]
+    return argv + (["--reuse-port"] if reuse_port else [])
+
+
 def worker_command(log_level: str = "info") -> list[str]:
     """The Faust worker (``streams``), which owns the ClickHouse store.
 
