@@ -40,6 +40,11 @@ LoginOutcome = Literal["success", "failure"]
 #: What a decision applies to (see the decision protocol in DESIGN.md).
 Scope = Literal["ip", "prefix", "principal", "username", "asn", "country"]
 
+#: What a detection is about: any decision scope, plus ``route`` (a ``"METHOD
+#: /template"`` series, e.g. a latency regression) and ``global`` (the whole
+#: stream, e.g. a spike of failed logins). Only decision scopes get decisions.
+DetectionScope = Literal["ip", "prefix", "principal", "username", "asn", "country", "route", "global"]
+
 #: What the gateway does to a request matching a decision.
 Action = Literal["ban", "throttle", "challenge"]
 
@@ -104,6 +109,8 @@ class RequestEvent(_Record):
     login: LoginOutcome | None = Field(None, description="Set on login routes only.")
     username_hash: str | None = Field(None, description="Keyed hash (HMAC-SHA256, hex) of the login username.")
     decision_id: str | None = Field(None, description="The decision that blocked or throttled this request.")
+    asn: int | None = Field(None, description="Autonomous system number of client_ip, if known (geo lookup).")
+    country: str | None = Field(None, description="ISO 3166-1 alpha-2 country of client_ip, if known (geo lookup).")
 
     @property
     def epoch_s(self) -> float:
@@ -121,7 +128,7 @@ class Detection(_Record):
     detection_id: str = Field(default_factory=new_id)
     ts: datetime = Field(description="Event time at which the detector fired (UTC).")
     detector: str = Field(description="Detector name, e.g. credential_stuffing.")
-    scope: Scope
+    scope: DetectionScope
     value: str
     severity: Severity = "high"
     score: float = 1.0
