@@ -53,11 +53,20 @@ def topic_partitions(settings: GatewatchSettings) -> dict[str, int]:
     Requests are keyed by client IP and split over ``requests_partitions``;
     detections and decisions have one partition each, so every reader sees one
     ordered stream of decisions.
+
+    Re-keyed request streams (written by the worker, see ``streams/``): by
+    principal (BOLA) and by route (latency) with ``requests_partitions`` each,
+    so that one key's state lives on one partition; login attempts on one
+    partition, so that the per-prefix/ASN/username/global windows of the
+    credential-stuffing detector see every login.
     """
     return {
         settings.topic_requests: settings.requests_partitions,
         settings.topic_detections: 1,
         settings.topic_decisions: 1,
+        settings.topic_requests_by_principal: settings.requests_partitions,
+        settings.topic_requests_by_route: settings.requests_partitions,
+        settings.topic_logins: 1,
     }
 
 

@@ -27,6 +27,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from gatewatch.events import Action
+
 
 class LoginRoute(BaseModel):
     """A login endpoint and how to read its outcome from the response.
@@ -72,13 +74,84 @@ class CircuitBreakerSettings(BaseModel):
     half_open_probes: int = 3
 
 
-class CredentialStuffingSettings(BaseModel):
-    """Thresholds of the per-IP credential-stuffing detector (see detectors/credential_stuffing.py)."""
+class DetectorPolicySettings(BaseModel):
+    """What the decision policy does with one detector's detections (detectors/decision_policy.py).
+
+    ``shadow``: detections are recorded, no decision is issued. ``ban_ttl_s``: TTL in
+    seconds of a first decision (ban or throttle); a repeat offender's TTL doubles up
+    to ``max_ttl_s``, and one quiet for ``escalation_reset_s`` seconds starts over.
+    ``actions`` maps a detection scope to the action taken; other scopes get no decision.
+    """
+
+    shadow: bool = False
+    ban_ttl_s: float = Field(600.0, gt=0)
+    max_ttl_s: float = Field(86_400.0, gt=0)
+    escalation_reset_s: float = Field(86_400.0, ge=0)
+    actions: dict[str, Action] = Field(default_factory=dict)
+
+
+class CredentialStuffingSettings(DetectorPolicySettings):
+    """Thresholds of the credential-stuffing detector (see detectors/credential_stuffing.py):
+    per IP (``window_s``), per prefix / ASN / username and the global failed-login
+    spike (``aggregate_window_s``, ``spike_*``)."""
 
     window_s: float = 60.0
     min_failures: int = 10
     min_usernames: int = 5
-    ban_ttl_s: float = 600.0
+    min_failure_share: float = 0.5
+    aggregate_window_s: float = 600.0
+    prefix_v4: int = 24
+    prefix_v6: int = 64
+    prefix_min_failures: int = 20
+    prefix_min_usernames: int = 10
+    prefix_min_ips: int = 5
+    asn_min_failures: int = 50
+    asn_min_usernames: int = 25
+    asn_min_ips: int = 10
+    username_min_failures: int = 10
+    username_min_ips: int = 3
+    spike_bucket_s: float = 60.0
+    spike_min_failures: int = 30
+    spike_factor: float = 3.0
+    spike_ewma_lambda: float = 0.1
+    spike_username_min_failures: int = 2
+    spike_username_min_ips: int = 2
+    actions: dict[str, Action] = Field(default_factory=lambda: {
+        "ip": "ban", "prefix": "ban", "asn": "throttle", "username": "throttle"})
+
+
+class BolaSettings(DetectorPolicySettings):
+    """Thresholds of the BOLA enumeration detector (see detectors/bola.py)."""
+
+    window_s: float = 300.0
+    min_distinct_ids: int = 20
+    min_denied_ids: int = 5
+    min_denied_share: float = 0.5
+    sequential_denied_share: float = 0.1
+    min_sequential_run: int = 10
+    sequential_max_step: int = 2
+    known_ids_max: int = 10_000
+    state_ttl_s: float = 3_600.0
+    actions: dict[str, Action] = Field(default_factory=lambda: {"principal": "ban", "ip": "ban"})
+
+
+class LatencySettings(DetectorPolicySettings):
+    """Thresholds of the latency-regression detector (see detectors/latency.py). Alert only:
+    ``actions`` is empty, so it never produces a decision."""
+
+    window_s: float = 60.0
+    min_samples: int = 30
+    baseline_windows: int = 5
+    ewma_lambda: float = 0.2
+    ratio: float = 1.5
+    min_increase_ms: float = 20.0
+    sigma_limit: float = 3.0
+    bad_windows: int = 3
+    good_windows: int = 2
+    allowed_lateness_s: float = 5.0
+    max_samples_per_window: int = 20_000
+    seed: int = 0
+    state_ttl_s: float = 86_400.0
 
 
 class GeoSettings(BaseModel):
@@ -157,6 +230,15 @@ class GatewatchSettings(BaseSettings):
     sink_batch_size: int = 500
     sink_batch_within_s: float = 0.5
     credential_stuffing: CredentialStuffingSettings = CredentialStuffingSettings()
+    bola: BolaSettings = BolaSettings()
+    latency: LatencySettings = LatencySettings()
+    # Detector agents: batch size and wait (s); short, since the decision path waits on it.
+    detector_batch_size: int = 1000
+    detector_batch_within_s: float = 0.005
+    # Re-keyed streams (created with the others, see gatewatch/broker.py topic_partitions).
+    topic_requests_by_principal: str = "gatewatch.requests.by_principal"
+    topic_requests_by_route: str = "gatewatch.requests.by_route"
+    topic_logins: str = "gatewatch.requests.logins"
 
     @classmethod
     def settings_customise_sources(
