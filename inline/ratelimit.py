@@ -28,6 +28,7 @@ from mitmproxy import ctx, exceptions, http
 
 from gatewatch.settings import RateLimit as RateLimitSetting
 from gatewatch.settings import load_settings
+from inline import flowtags
 from inline.flowstate import answered, get_facts, json_answer
 
 
@@ -146,8 +147,8 @@ class RateLimit:
     Options: ``gatewatch_ip_rate_limit`` and ``gatewatch_principal_rate_limit``
     (``"RATE:BURST"`` or ``"off"``). The IP limit applies to every request,
     authenticated or not (it also slows key guessing); the principal limit
-    to requests with a valid key. ``clock`` (seconds, monotonic) is
-    injectable for tests.
+    to requests with a valid key. Allow-listed clients (:mod:`inline.lists`)
+    are not limited. ``clock`` (seconds, monotonic) is injectable for tests.
     """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
@@ -174,7 +175,7 @@ class RateLimit:
 
     def request(self, flow: http.HTTPFlow) -> None:
         facts = get_facts(flow)
-        if facts is None or answered(flow):
+        if facts is None or answered(flow) or flowtags.allow_listed(flow):
             return
         now = self.clock()
         for scope, limiter, key in (("ip", self.ip, facts.client_ip),
@@ -183,6 +184,7 @@ class RateLimit:
                 continue
             wait = limiter.hit(key, now)
             if wait > 0:
+                flowtags.mark_blocked(flow, scope)
                 header = retry_after_header(wait)
                 json_answer(flow, 429, {"error": "rate_limited", "scope": scope,
                                         "retry_after_s": int(header)},

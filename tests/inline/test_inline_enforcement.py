@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
 from mitmproxy.test import taddons
 
 from gatewatch.events import Decision, MalformedRecord
-from inline.enforcement import DecisionStore, Enforcement, canonical_value
+from inline import flowtags
+from inline.enforcement import DecisionStore, Enforcement, canonical_value, load_geo_lookup
 from inline.flowstate import get_facts
+from inline.lists import Lists
+from inline.login import Login, username_hash
 from inline.routes import Routes
 from inline_testkit import make_flow, run_flow
 
@@ -29,6 +33,17 @@ def apply(store: DecisionStore, d: Decision, now: float = T) -> str:
 
 
 def test_canonical_value():
+    assert canonical_value("prefix", "192.0.2.77") == "192.0.2.0/24"          # bare address: default /24
+    assert canonical_value("prefix", "2001:db8:1:2:3::9") == "2001:db8:1:2::/64"  # default /64
+    assert canonical_value("prefix", "192.0.2.77", prefix_v4=16) == "192.0.0.0/16"
+    assert canonical_value("prefix", "::ffff:192.0.2.0/120") == "192.0.2.0/24"
+    assert canonical_value("asn", "AS64500") == canonical_value("asn", "64500") == "64500"
+    assert canonical_value("country", "fr") == "FR"
+    assert canonical_value("username", "ABCDEF") == "abcdef"
+    for scope, bad in (("asn", "ASX"), ("asn", "99999999999"), ("country", "FRA"), ("country", "1a"),
+                       ("username", "")):
+        with pytest.raises(MalformedRecord):
+            canonical_value(scope, bad)
     assert canonical_value("ip", "::ffff:192.0.2.1") == "192.0.2.1"
     assert canonical_value("ip", "2001:DB8::0:1") == "2001:db8::1"
     assert canonical_value("prefix", "192.0.2.77/24") == "192.0.2.0/24"
@@ -43,8 +58,8 @@ def test_set_lookup_replace_and_tombstone():
     store = DecisionStore()
     first = decision()
     assert apply(store, first) == "set"
-    assert store.lookup("ip", "192.0.2.1", T) == first
-    assert store.match_request("192.0.2.1", "", T) == first
+    assert store.lookup("ip", "192.0.2.1", T).id == first.id
+    assert store.match_request("192.0.2.1", "", T).id == first.id
     assert store.match_request("192.0.2.2", "", T) is None
     second = decision(reason="again")
     apply(store, second)
@@ -82,9 +97,9 @@ def test_principal_and_prefix_matching():
     narrow = decision(scope="prefix", value="198.51.100.128/25")
     apply(store, narrow)
     apply(store, decision(scope="prefix", value="2001:db8:1::/64"))
-    assert store.match_request("192.0.2.9", "key_bob", T) == ban_key
+    assert store.match_request("192.0.2.9", "key_bob", T).id == ban_key.id
     assert store.match_request("192.0.2.9", "key_alice", T) is None
-    assert store.match_request("198.51.100.200", "", T) == narrow   # longest prefix first
+    assert store.match_request("198.51.100.200", "", T).id == narrow.id   # longest prefix first
     assert store.match_request("198.51.100.7", "", T).value == "198.51.100.0/24"
     assert store.match_request("198.51.101.7", "", T) is None
     assert store.match_request("2001:db8:1::abcd", "", T) is not None
@@ -93,14 +108,17 @@ def test_principal_and_prefix_matching():
     assert store.match_request("198.51.100.200", "", T).value == "198.51.100.0/24"
 
 
-def test_only_bans_are_enforced_but_all_scopes_stored():
+def test_throttle_and_challenge_are_not_bans_but_all_scopes_stored():
     store = DecisionStore()
     apply(store, decision(action="throttle"))
     apply(store, decision(scope="username", value="ab" * 32))
     apply(store, decision(scope="country", value="XX"))
-    assert len(store) == 3
+    apply(store, decision(scope="ip", value="192.0.2.2", action="challenge"))
+    assert len(store) == 4
     assert store.lookup("ip", "192.0.2.1", T).action == "throttle"
     assert store.match_request("192.0.2.1", "", T) is None
+    assert store.match(T, client_ip="192.0.2.1").action == "throttle"
+    assert store.match(T, client_ip="192.0.2.2") is None   # challenge: stored, not enforced
 
 
 @pytest.mark.parametrize("key, value", [
@@ -128,7 +146,7 @@ def test_addon_counts_malformed_and_keeps_going():
     d = decision()
     addon.apply(d.key().encode(), d.to_json(), T)
     assert addon.stats.malformed == 2 and addon.stats.applied == 1
-    assert addon.store.match_request("192.0.2.1", "", T) == d
+    assert addon.store.match_request("192.0.2.1", "", T).id == d.id
 
 
 def test_addon_answers_403_with_decision():
@@ -186,4 +204,136 @@ def test_feed_retries_in_background_when_broker_is_down():
         assert addon.stats.reconnects >= 2
         assert flow.response.status_code == 200
         assert addon._task is None
+    asyncio.run(go())
+
+
+def test_every_scope_matches():
+    store = DecisionStore(prefix_v4=24, prefix_v6=64)
+    ids = {}
+    for scope, value in (("ip", "192.0.2.1"), ("prefix", "198.51.100.9"), ("prefix", "2001:db8:7:7::1"),
+                         ("principal", "key_bob"), ("username", "AB" * 32), ("asn", "AS64500"),
+                         ("country", "fr")):
+        d = decision(scope=scope, value=value)
+        apply(store, d)
+        ids[(scope, value)] = d.id
+    m = lambda **kw: (lambda a: a and a.id)(store.match(T, **kw))  # noqa: E731
+    assert m(client_ip="192.0.2.1") == ids[("ip", "192.0.2.1")]
+    assert m(client_ip="198.51.100.200") == ids[("prefix", "198.51.100.9")]         # same /24
+    assert m(client_ip="2001:db8:7:7:ffff::1") == ids[("prefix", "2001:db8:7:7::1")]  # same /64
+    assert m(client_ip="2001:db8:7:8::1") is None
+    assert m(principal="key_bob") == ids[("principal", "key_bob")]
+    assert m(username_hash="ab" * 32) == ids[("username", "AB" * 32)]
+    assert m(client_ip="203.0.113.1", geo=(64500, None)) == ids[("asn", "AS64500")]
+    assert m(client_ip="203.0.113.1", geo=("AS64500", "DE")) == ids[("asn", "AS64500")]
+    assert m(client_ip="203.0.113.1", geo=(None, "FR")) == ids[("country", "fr")]
+    assert m(client_ip="203.0.113.1", geo=(64501, "DE")) is None
+    assert m(client_ip="203.0.113.1", geo=None) is None
+    assert store.has_geo
+
+
+def test_ban_wins_over_throttle_whatever_the_scope_order():
+    store = DecisionStore()
+    apply(store, decision(scope="ip", value="192.0.2.1", action="throttle"))
+    ban = decision(scope="country", value="FR")
+    apply(store, ban)
+    assert store.match(T, client_ip="192.0.2.1", geo=(None, "FR")).id == ban.id
+    assert store.match(T, client_ip="192.0.2.1").action == "throttle"
+
+
+def test_lookups_per_request_do_not_grow_with_the_number_of_decisions():
+    """O(1) per scope: the number of dict probes of one request is the same with
+    10 and with 20,000 active decisions (prefix: one probe per distinct length)."""
+    def probes(n: int) -> int:
+        store = DecisionStore()
+        for i in range(n):
+            apply(store, decision(scope="ip", value=f"10.{i // 65536}.{(i // 256) % 256}.{i % 256}"))
+            apply(store, decision(scope="prefix", value=f"172.{i % 16 + 16}.{(i // 16) % 256}.0/24"))
+        calls = 0
+        real = store.lookup
+
+        def counting(*args):
+            nonlocal calls
+            calls += 1
+            return real(*args)
+        store.lookup = counting
+        store.match(T, client_ip="198.51.100.1", principal="p", username_hash="u", geo=(1, "FR"))
+        return calls
+    assert probes(10) == probes(20_000) == 4   # ip, prefix /24, principal, username (no geo decisions)
+
+
+def test_expiry_heap_drains_only_what_expired():
+    store = DecisionStore()
+    for i in range(100):
+        apply(store, decision(value=f"192.0.2.{i}", ttl_s=10 + i))
+    apply(store, decision(value="192.0.2.0", ttl_s=1000))   # replaced: its old heap entry is stale
+    assert store.expire(T + 10) == 0                           # .0 now lives to T+1000
+    assert store.expire(T + 20) == 10                          # .1 … .10
+    assert len(store) == 90
+    assert store.expire(T + 500) == 89 and len(store) == 1
+
+
+def test_geo_hook_loading():
+    assert load_geo_lookup("") is None
+    assert load_geo_lookup("geo_fixture:lookup")("203.0.113.9") == (64500, "FR")
+    for bad in ("geo_fixture", "no_such_module_x:f", "geo_fixture:missing", "geo_fixture:NOT_CALLABLE"):
+        with pytest.raises(ValueError):
+            load_geo_lookup(bad)
+
+
+def live(scope: str, value: str, action: str = "ban", ttl_s: float = 600) -> Decision:
+    now = datetime.now(timezone.utc)
+    return Decision(scope=scope, value=value, action=action, created_at=now,
+                    expires_at=now + timedelta(seconds=ttl_s))
+
+
+def test_addon_scopes_throttle_allow_list_and_username_stage(tmp_path):
+    """The whole chain as gateway.py orders it: lists, enforcement (ip/prefix/asn/country,
+    throttle), rate limit, login, then the username stage."""
+    async def go():
+        routes, lists, enf, login = Routes(), Lists(), Enforcement(), Login()
+        chain = [routes, lists, enf, login, enf.after_login]
+        with taddons.context(*chain) as tctx:
+            tctx.configure(enf, gatewatch_bootstrap_servers="127.0.0.1:1", gatewatch_throttle_rate_limit="0.01:2",
+                           gatewatch_geo_lookup="geo_fixture:lookup")
+            tctx.configure(lists, gatewatch_allow_list=["192.0.2.0/24"])
+            tctx.configure(login, gatewatch_username_hash_key="k")
+            decisions = [live("prefix", "203.0.113.0"), live("country", "DE"), live("asn", "AS64501"),
+                         live("ip", "100.64.0.7", "throttle"), live("ip", "192.0.2.5"),
+                         live("username", username_hash("k", "victim"))]
+            for d in decisions:
+                enf.apply(d.key().encode(), d.to_json(), time.time())
+
+            async def status(peer: str, **kw) -> tuple[int, object]:
+                flow = await run_flow(tctx, chain, make_flow(peer=peer, **kw))
+                return flow.response.status_code, flow
+            assert (await status("203.0.113.99"))[0] == 403            # prefix /24 from a bare address
+            code, flow = await status("198.18.0.1")                      # geo_fixture: 198.18/15 is in DE
+            assert code == 403 and json.loads(flow.response.content)["scope"] == "country"
+            assert flowtags.blocked_scope(flow) == "country"
+            assert (await status("198.51.100.99"))[0] == 403           # AS64501 per geo_fixture
+            assert [(await status("100.64.0.7"))[0] for _ in range(4)] == [200, 200, 429, 429]
+            code, flow = await status("100.64.0.7")
+            assert json.loads(flow.response.content)["decision_id"] == decisions[3].id
+            assert get_facts(flow).answered_by == "rate_limit"
+            assert (await status("192.0.2.5"))[0] == 200               # allow-list wins over a ban
+            login_body = lambda user: dict(path="/login", method="POST",  # noqa: E731
+                                           headers={"Content-Type": "application/json"},
+                                           body=json.dumps({"username": user, "password": "x"}).encode())
+            code, flow = await status("203.0.114.1", **login_body("Victim"))
+            assert code == 403 and get_facts(flow).decision_id == decisions[5].id
+            assert (await status("203.0.114.1", **login_body("someone")))[0] == 200
+            assert (await status("192.0.2.9", **login_body("victim")))[0] == 200   # allow-listed
+        assert enf.stats.throttled == 3 and enf.stats.blocked == 4
+    asyncio.run(go())
+
+
+def test_broken_geo_hook_is_counted_and_fails_open():
+    async def go():
+        routes, enf = Routes(), Enforcement()
+        with taddons.context(routes, enf) as tctx:
+            tctx.configure(enf, gatewatch_geo_lookup="geo_fixture:broken")
+            d = live("country", "DE")
+            enf.apply(d.key().encode(), d.to_json(), time.time())
+            flow = await run_flow(tctx, [routes, enf], make_flow(peer="198.18.0.1"))
+        assert flow.response.status_code == 200 and enf.stats.geo_errors == 1
     asyncio.run(go())

@@ -155,3 +155,22 @@ def test_addon_off_and_bad_options():
             with pytest.raises(exceptions.OptionsError, match="gatewatch_ip_rate_limit"):
                 tctx.configure(addon, gatewatch_ip_rate_limit="fast")
     asyncio.run(go())
+
+
+def test_allow_listed_clients_are_not_limited():
+    from inline import flowtags
+    from inline.lists import Lists
+
+    async def go():
+        routes, lists, addon = Routes(), Lists(), RateLimit(clock=lambda: 100.0)
+        with taddons.context(routes, lists, addon) as tctx:
+            tctx.configure(addon, gatewatch_ip_rate_limit="1:1")
+            tctx.configure(lists, gatewatch_allow_list=["192.0.2.0/24"])
+            chain = [routes, lists, addon]
+            allowed = [(await run_flow(tctx, chain, make_flow(peer="192.0.2.1"))).response.status_code
+                       for _ in range(5)]
+            others = [await run_flow(tctx, chain, make_flow(peer="198.51.100.1")) for _ in range(2)]
+        assert allowed == [200] * 5
+        assert [f.response.status_code for f in others] == [200, 429]
+        assert flowtags.blocked_scope(others[1]) == "ip"
+    asyncio.run(go())
