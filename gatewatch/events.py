@@ -30,9 +30,11 @@ SCHEMA_VERSION = 1
 #: ``upstream`` — the protected API answered; the others are gateway answers.
 AnsweredBy = Literal["upstream", "auth", "rate_limit", "decision", "bad_request", "error"]
 
-#: Outcome of API-key (later JWT / introspection) authentication.
-#: ``public`` — the route needs no credential and none was sent.
-AuthResult = Literal["ok", "missing", "invalid", "public"]
+#: Outcome of authentication (API key, JWT bearer token or introspected token).
+#: ``public`` — the route needs no credential and none was sent;
+#: ``unavailable`` — a bearer token could not be checked (no signing keys
+#: yet, introspection endpoint down): answered 503, not counted as a bad credential.
+AuthResult = Literal["ok", "missing", "invalid", "public", "unavailable"]
 
 #: Outcome of a login attempt, read from the response of a configured login route.
 LoginOutcome = Literal["success", "failure"]
@@ -102,7 +104,7 @@ class RequestEvent(_Record):
     latency_ms: float = Field(0.0, description="Upstream latency in ms (0 when the gateway answered).")
     bytes_in: int = Field(0, description="Request body size in bytes.")
     bytes_out: int = Field(0, description="Response body size in bytes.")
-    principal: str = Field("", description="Authenticated principal (API key id), '' if none.")
+    principal: str = Field("", description="Authenticated principal (API key id or token subject), '' if none.")
     auth: AuthResult = "public"
     answered_by: AnsweredBy = "upstream"
     user_agent: str = ""

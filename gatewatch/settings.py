@@ -48,6 +48,45 @@ class LoginRoute(BaseModel):
         None, description="Regex searched in the response body; a match means failure.")
 
 
+class JwtSettings(BaseModel):
+    """JWT bearer tokens (RFC 7519) verified against a JWKS URL (see inline/jwt_auth.py).
+
+    Only asymmetric algorithms may be allowed (``none`` and ``HS*`` are
+    refused at start-up: the RS256/HS256 confusion). ``issuer`` and
+    ``audience`` are required. Durations in seconds unless the name says ms.
+    """
+
+    jwks_url: str = Field(description="URL of the JWK Set (RFC 7517 §5); https outside tests.")
+    issuer: str = Field(description="Expected 'iss' claim (exact match).")
+    audience: list[str] = Field(description="Accepted 'aud' values; a token must name one.")
+    algorithms: list[str] = Field(default_factory=lambda: ["RS256", "PS256", "ES256", "EdDSA"])
+    leeway_s: int = Field(30, description="Clock skew allowed on exp, nbf and iat.")
+    principal_claim: str = Field("sub", description="Claim that names the principal.")
+    jwks_ttl_s: int = Field(300, description="How long a fetched key set is used before refetching.")
+    jwks_min_refetch_s: int = Field(
+        30, description="Floor between two key-set fetches (an unknown kid triggers one at most this often).")
+    timeout_ms: int = Field(2000, description="Timeout of one key-set fetch.")
+
+
+class IntrospectionSettings(BaseModel):
+    """OAuth 2.0 token introspection (RFC 7662) for opaque bearer tokens (see inline/introspection.py)."""
+
+    url: str = Field(description="Introspection endpoint; https outside tests.")
+    client_id: str = Field(description="The gateway's client id at the authorization server.")
+    client_secret: str = Field(repr=False, description="Its secret, sent with HTTP Basic (RFC 6749 §2.3.1).")
+    principal_claims: list[str] = Field(
+        default_factory=lambda: ["sub", "username", "client_id"],
+        description="Response members tried in order for the principal.")
+    audience: list[str] = Field(
+        default_factory=list, description="If set, the response's 'aud' must name one of these.")
+    cache_max_ttl_s: int = Field(
+        300, description="Longest a positive answer is cached (never past the token's exp).")
+    negative_ttl_s: int = Field(30, description="How long an inactive token's answer is cached.")
+    cache_max_entries: int = Field(100_000, description="Bound of each cache (positive, negative).")
+    max_in_flight: int = Field(32, description="Most introspection calls at once.")
+    timeout_ms: int = Field(2000, description="Timeout of one introspection call.")
+
+
 class RateLimit(BaseModel):
     """A GCRA / token-bucket limit: ``rate_per_s`` sustained, ``burst`` requests at once."""
 
@@ -191,6 +230,9 @@ class GatewatchSettings(BaseSettings):
     public_routes: list[str] = Field(
         default_factory=lambda: ["/login", "/health"],
         description="Paths served without an API key (exact path or prefix ending in '*').")
+    # Bearer tokens (Authorization: Bearer): off unless configured.
+    jwt: JwtSettings | None = None
+    introspection: IntrospectionSettings | None = None
     login_routes: list[LoginRoute] = Field(
         default_factory=lambda: [LoginRoute(path="/login")])
     username_hash_key: str = Field(
