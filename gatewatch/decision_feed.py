@@ -1,0 +1,126 @@
+"""Read and write the decisions topic from synchronous tools (the CLI, reports).
+
+The topic ``gatewatch.decisions`` is the log of every decision, keyed
+``scope:value``: the latest message per key wins, a tombstone (null value)
+deletes, and a decision past ``expires_at`` is over. The gateway follows it
+in its event loop (aiokafka); this module is the kafka-python side for
+tools. Manual decisions published here are enforced exactly like detector
+decisions.
+
+Tansu quirk: its "latest offset" answer is the start of the last batch + 1,
+not the end. :func:`read_decisions` therefore reads until its position
+reaches the high-watermark returned with fetched records (which is right),
+never trusting ``end_offsets``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from gatewatch.events import Decision, MalformedRecord, decision_key, parse_decision
+from gatewatch.settings import GatewatchSettings
+
+
+@dataclass
+class DecisionLog:
+    """The state of the topic after reading it: ``latest`` decision per key
+    (tombstoned keys removed) and how many messages were ``malformed``."""
+
+    latest: dict[str, Decision] = field(default_factory=dict)
+    malformed: int = 0
+    messages: int = 0
+
+    def active(self, now: datetime | None = None) -> list[Decision]:
+        """Decisions not yet expired at ``now`` (default: the current time), newest first."""
+        now = now or datetime.now(timezone.utc)
+        return sorted((d for d in self.latest.values() if d.active_at(now)),
+                      key=lambda d: d.created_at, reverse=True)
+
+    def by_id(self, decision_id: str) -> Decision | None:
+        """The latest decision with this id, if any."""
+        return next((d for d in self.latest.values() if d.id == decision_id), None)
+
+
+def read_decisions(settings: GatewatchSettings, timeout_s: float = 10.0) -> DecisionLog:
+    """Read the whole decisions topic from the beginning.
+
+    Raises ``TimeoutError`` if the end is not reached in ``timeout_s`` seconds
+    (for example when the broker is down).
+    """
+    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False,
+                             fetch_max_wait_ms=settings.fetch_max_wait_ms,
+                             request_timeout_ms=int(max(timeout_s, 5) * 1000) + 1000)
+    log = DecisionLog()
+    try:
+        partitions = consumer.partitions_for_topic(settings.topic_decisions) or set()
+        tps = [TopicPartition(settings.topic_decisions, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        deadline = time.monotonic() + timeout_s
+        done: set[TopicPartition] = set()
+        while len(done) < len(tps):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"decisions topic not read to its end in {timeout_s:.0f} s")
+            for tp, records in consumer.poll(timeout_ms=200).items():
+                for rec in records:
+                    _apply(log, rec.key, rec.value)
+            for tp in tps:
+                high = consumer.highwater(tp)
+                if high is not None and consumer.position(tp) >= high:
+                    done.add(tp)
+    finally:
+        consumer.close()
+    return log
+
+
+def _apply(log: DecisionLog, key: bytes | None, value: bytes | None) -> None:
+    log.messages += 1
+    if value is None:
+        log.latest.pop((key or b"").decode(errors="replace"), None)
+        return
+    try:
+        decision = parse_decision(value)
+    except MalformedRecord:
+        log.malformed += 1
+        return
+    log.latest[decision.key()] = decision
+
+
+def _producer(settings: GatewatchSettings) -> KafkaProducer:
+    return KafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks=1)
+
+
+def publish(settings: GatewatchSettings, decision: Decision) -> None:
+    """Publish ``decision`` keyed ``scope:value`` and wait for the broker's ack."""
+    producer = _producer(settings)
+    try:
+        producer.send(settings.topic_decisions, key=decision.key().encode(), value=decision.to_json()).get(10)
+    finally:
+        producer.close()
+
+
+def delete(settings: GatewatchSettings, scope: str, value: str) -> None:
+    """Publish a tombstone for ``scope:value``: the gateway lifts the decision."""
+    producer = _producer(settings)
+    try:
+        producer.send(settings.topic_decisions, key=decision_key(scope, value).encode(), value=None).get(10)
+    finally:
+        producer.close()
+
+
+def manual_decision(scope: str, value: str, ttl_s: float, reason: str, action: str = "ban",
+                    now: datetime | None = None) -> Decision:
+    """A decision made by a person through the CLI (``origin='cli'``, detector ``manual``).
+
+    Raises ``ValueError`` (pydantic's) for an unknown scope or action, or a TTL ≤ 0.
+    """
+    if ttl_s <= 0:
+        raise ValueError("ttl must be positive")
+    now = now or datetime.now(timezone.utc)
+    return Decision(scope=scope, value=value, action=action, reason=reason, detector="manual",
+                    origin="cli", created_at=now, expires_at=now + timedelta(seconds=ttl_s),
+                    evidence={"by": "cli", "reason": reason})
