@@ -1,51 +1,81 @@
-"""Per-IP credential-stuffing detector: many failed logins for many usernames from one IP.
+"""Credential stuffing: failed logins per IP, per prefix, per ASN, per username and overall.
 
-Shape (all within a sliding window of ``window_s`` seconds, per source IP):
+Rules (all over event time; counts of upstream-answered login attempts):
 
-* at least ``min_failures`` failed logins, **and**
-* at least ``min_usernames`` distinct usernames among those failures
-  (keyed username hashes; the raw username never reaches the pipeline).
+``ip`` — per source IP, within ``window_s`` (60 s): at least ``min_failures`` (10)
+failed logins over at least ``min_usernames`` (5) distinct usernames, **and** a
+failure share (failures / attempts) of at least ``min_failure_share`` (0.5).
 
-Sources of this shape:
+``prefix`` — per IPv4 /``prefix_v4`` (24) or IPv6 /``prefix_v6`` (64), within
+``aggregate_window_s`` (600 s): at least ``prefix_min_failures`` (20) failures
+from at least ``prefix_min_ips`` (5) distinct IPs, over ``prefix_min_usernames``
+(10) usernames, failure share >= ``min_failure_share``. IPs that fired the ``ip``
+rule themselves are left out of the failure and IP counts (they are handled).
 
-* OWASP Credential Stuffing Prevention Cheat Sheet, "IP block-listing": less
-  sophisticated attacks use few IP addresses, which can be block-listed after a
-  number of failed logins; track those failures separately from per-user
-  failures; keep the block temporary.
+``asn`` — per autonomous system, when the event carries ``asn``: the same with
+``asn_min_failures`` (50), ``asn_min_ips`` (10), ``asn_min_usernames`` (25).
+
+``username`` — per username hash, within ``aggregate_window_s``: at least
+``username_min_failures`` (10) failures from at least ``username_min_ips`` (3)
+distinct IPs — one account attacked from several places.
+
+``global`` — the low-and-slow attack (hundreds of IPs, a few attempts each):
+failed logins per ``spike_bucket_s`` (60 s) bucket against an EWMA baseline of
+past buckets (λ = ``spike_ewma_lambda``, 0.1). A spike starts when the current
+bucket reaches ``max(spike_min_failures, spike_factor × baseline)`` (30,
+3×) and ends when a bucket closes below it; spike buckets do not feed the
+baseline. One ``global`` detection marks the start. While a spike lasts, the
+``username`` rule drops to ``spike_username_min_failures`` (2) failures from
+``spike_username_min_ips`` (2) IPs: the accounts under attack are throttled
+(``username`` scope, value = the username hash) instead of banning hundreds of
+mostly innocent (residential proxy) addresses.
+
+The NAT rule: a busy corporate NAT (hundreds of real users behind one address)
+makes many failures over many usernames — typos, forgotten passwords — but
+most of its logins succeed, while a stuffing list succeeds on the order of
+0.1–2 % of attempts. So no ``ip``/``prefix``/``asn`` rule fires unless at
+least half of the key's attempts in the window failed (``min_failure_share``).
+An attacker *behind* such a NAT is diluted by it; the ``username`` rules still
+see the accounts it attacks.
+
+Sources:
+
+* OWASP Credential Stuffing Prevention Cheat Sheet, "IP Mitigation and
+  Intelligence": do not rely on a single volume limit; consider short and long
+  periods and "one IP address, likely in concert with many other IP addresses"
+  sending low volumes; track these failures apart from per-user failures; keep
+  blocks temporary (the ``ip`` rule; ``aggregate_window_s``; the TTLs).
   https://cheatsheetseries.owasp.org/cheatsheets/Credential_Stuffing_Prevention_Cheat_Sheet.html
-* CrowdSec hub scenarios ``crowdsecurity/http-generic-bf`` (leaky bucket of
-  ``auth_fail`` events grouped by source IP) and ``crowdsecurity/ssh-bf_user-enum``
-  (the same with ``distinct: target_user``), both with ``blackhole: 1m`` so
-  that an IP does not fire again right after firing.
+* CrowdSec hub ``crowdsecurity/http-generic-bf`` (capacity 5, leak 10 s per IP),
+  ``crowdsecurity/ssh-slow-bf`` and ``…_user-enum`` (capacity 10, leak 60 s,
+  ``distinct: target_user`` — a ~10 minute window, our ``aggregate_window_s``),
+  all with a ``blackhole`` so a source does not fire twice in a row.
   https://github.com/crowdsecurity/hub/tree/master/scenarios/crowdsecurity
+* Auth0 Brute-Force Protection: ``max_attempts`` 10 failures per account,
+  ``count_per_identifier`` mode counting them over every IP (our ``username``
+  rule); Auth0 Suspicious IP Throttling answers 429 — throttles — rather than
+  banning. https://auth0.com/docs/secure/attack-protection/brute-force-protection ,
+  https://auth0.com/docs/secure/attack-protection/suspicious-ip-throttling
+* EWMA baseline: S. W. Roberts, "Control chart tests based on geometric moving
+  averages", Technometrics 1(3), 1959; NIST/SEMATECH e-Handbook §6.3.2.4.
 
-Here the window is a true sliding window over event time instead of a leaky
-bucket, both conditions must hold (failures alone look like one user's
-forgotten password; distinct usernames alone look like a shared NAT), and the
-"blackhole" lasts the ban TTL: once an IP fires it is ignored until the ban
-would have expired, so a banned IP yields no duplicate detections.
+What counts: events with ``login`` set that the upstream answered
+(``answered_by == "upstream"``); gateway answers (403 of a decision, 429) are
+not attempts. A failure without ``username_hash`` counts as a failure with no
+username. After firing, a (rule, key) pair stays quiet for ``ban_ttl_s``.
 
-What counts: events with ``login`` set that the upstream API answered
-(``answered_by == "upstream"``). Gateway answers (a decision's 403, a rate
-limit's 429) are not login attempts. A failure without ``username_hash``
-counts as a failure but adds no username.
+What it will not catch:
 
-What it will not catch (future work):
+* an attacker spreading over more addresses than the spike needs to show:
+  fewer than ``spike_min_failures`` failures a minute overall, each username
+  tried once — nothing repeats, nothing stands out;
+* an attacker mixing in as many successful logins (own accounts) as failures;
+* stuffing behind a busy NAT by IP (see above) — only by username;
+* the success that matters: one correct password among the failures is a
+  success like any other (pair with MFA / breached-password checks).
 
-* distributed, low-and-slow stuffing: many IPs (botnets, residential proxies)
-  each staying under the thresholds — needs aggregation by prefix/ASN or over
-  usernames, not per IP;
-* password spraying slower than ``min_failures`` per ``window_s``;
-* NAT nuances: many real users behind one address (office, carrier-grade NAT)
-  who together make ``min_failures`` failures over ``min_usernames`` accounts
-  in a window *do* fire, however many successes they also have (``successes``
-  is in the evidence so a person can judge; allow-lists win over decisions).
-  Fewer failures than that never fire, whatever the number of users.
-
-State is bounded: an IP with no login event in the last ``window_s`` seconds
-is evicted, and a quiet (already fired) IP is forgotten when its quiet period
-ends. State lives in the object (picklable) and is lost when the worker
-restarts; the first window after a restart starts empty.
+State: windows evicted when idle, quiet periods forgotten when over; all in
+the object (picklable), lost on restart unless the caller keeps it.
 
 Example::
 
@@ -57,180 +87,316 @@ Example::
     ...     return RequestEvent(event_id=f"e{i}", ts=t0 + timedelta(seconds=i),
     ...         client_ip="203.0.113.7", method="POST", host="api", path="/login",
     ...         route="/login", status=401, login="failure", username_hash=user)
-    >>> [len(det.process(login(i, u), now=t0 + timedelta(seconds=i)))
+    >>> [[d.scope for d in det.process(login(i, u), now=t0 + timedelta(seconds=i))]
     ...  for i, u in enumerate(["a", "b", "c", "d"])]
-    [0, 0, 1, 0]
+    [[], [], ['ip'], []]
 """
 
 from __future__ import annotations
 
+import ipaddress
+import math
 import uuid
-from collections import Counter, OrderedDict, deque
-from dataclasses import dataclass
+from collections.abc import Iterable
 from datetime import datetime, timedelta
+from typing import Any
 
-from gatewatch.events import Detection, RequestEvent
+from detectors.windows import Attempt, CountWindow, KeyedWindows, QuietPeriods
+from gatewatch.events import Detection, RequestEvent, Severity
 from gatewatch.settings import CredentialStuffingSettings
 
 NAME = "credential_stuffing"
 MAX_SAMPLE_EVENT_IDS = 10
+#: Every rule family; ``rules=`` selects which of them emit detections.
+RULES = ("ip", "prefix", "asn", "username", "global")
+#: Value of the ``global`` detection.
+GLOBAL_VALUE = "login_failures"
 
 # Namespace for deterministic ids: replaying the same events gives the same
 # detection_id, so a redelivered detection deduplicates in storage.
 _ID_NAMESPACE = uuid.UUID("6f1d3c52-3a5e-4f55-9a53-8c1f6b1e2d01")
 
 
-@dataclass(slots=True)
-class _Attempt:
-    ts: datetime
-    failed: bool
-    username_hash: str | None
-    event_id: str
+def network_of(ip: str, v4_len: int = 24, v6_len: int = 64) -> str | None:
+    """The ``/v4_len`` (IPv4) or ``/v6_len`` (IPv6) network holding ``ip`` as text, or None.
+
+    >>> network_of("203.0.113.7"), network_of("2001:db8:1:2::9"), network_of("nope")
+    ('203.0.113.0/24', '2001:db8:1:2::/64', None)
+    """
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return None
+    if addr.version == 6 and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    length = v4_len if addr.version == 4 else v6_len
+    return str(ipaddress.ip_network((addr, length), strict=False))
 
 
-class _IpWindow:
-    """Login attempts of one IP inside the window, with running counts."""
+class _Spike:
+    """Failed logins per bucket against an EWMA baseline (see module docstring)."""
 
-    __slots__ = ("attempts", "failures", "successes", "usernames")
+    __slots__ = ("bucket", "count", "baseline", "active", "buckets_seen")
 
     def __init__(self) -> None:
-        self.attempts: deque[_Attempt] = deque()
-        self.failures = 0
-        self.successes = 0
-        self.usernames: Counter[str] = Counter()  # failed-login username hash -> count
-
-    def add(self, attempt: _Attempt) -> None:
-        self.attempts.append(attempt)
-        if attempt.failed:
-            self.failures += 1
-            if attempt.username_hash:
-                self.usernames[attempt.username_hash] += 1
-        else:
-            self.successes += 1
-
-    def expire(self, horizon: datetime) -> None:
-        """Drop attempts at or before ``horizon`` (window is ``(horizon, now]``)."""
-        while self.attempts and self.attempts[0].ts <= horizon:
-            old = self.attempts.popleft()
-            if old.failed:
-                self.failures -= 1
-                if old.username_hash:
-                    self.usernames[old.username_hash] -= 1
-                    if self.usernames[old.username_hash] <= 0:
-                        del self.usernames[old.username_hash]
-            else:
-                self.successes -= 1
+        self.bucket: int | None = None
+        self.count = 0
+        self.baseline = 0.0
+        self.active = False
+        self.buckets_seen = 0
 
 
 class CredentialStuffingDetector:
-    """Sliding-window credential-stuffing detector keyed by source IP (see module docstring).
+    """Credential-stuffing detector (see the module docstring for rules, defaults, sources).
 
-    Parameters (names as in :class:`gatewatch.settings.CredentialStuffingSettings`):
+    Parameters are those of :class:`gatewatch.settings.CredentialStuffingSettings`
+    (seconds for ``*_s``, counts for ``min_*``, shares in 0..1), plus ``rules``:
+    the rule families that emit detections (default all of :data:`RULES`). Every
+    instance tracks the per-IP windows (the aggregate rules leave out IPs that
+    fired); the aggregate windows are only kept for enabled rules.
 
-    * ``window_s`` — window length in seconds (> 0);
-    * ``min_failures`` — failed logins in the window needed to fire (>= 1);
-    * ``min_usernames`` — distinct usernames among those failures needed to fire (>= 1);
-    * ``ban_ttl_s`` — after firing, the IP is ignored for this many seconds (>= 0).
-
-    Raises ``ValueError`` on out-of-range parameters.
+    Raises ``ValueError`` on out-of-range parameters or an unknown rule.
     """
 
-    def __init__(self, window_s: float = 60.0, min_failures: int = 10,
-                 min_usernames: int = 5, ban_ttl_s: float = 600.0) -> None:
-        if window_s <= 0 or min_failures < 1 or min_usernames < 1 or ban_ttl_s < 0:
-            raise ValueError("need window_s > 0, min_failures >= 1, min_usernames >= 1, ban_ttl_s >= 0")
-        self.window_s = float(window_s)
-        self.min_failures = int(min_failures)
-        self.min_usernames = int(min_usernames)
-        self.ban_ttl_s = float(ban_ttl_s)
-        # Both maps are kept in order of last update so that eviction pops from the front.
-        self._windows: OrderedDict[str, _IpWindow] = OrderedDict()
-        self._last_seen: dict[str, datetime] = {}
-        self._quiet_until: OrderedDict[str, datetime] = OrderedDict()
+    def __init__(self, window_s: float = 60.0, min_failures: int = 10, min_usernames: int = 5,
+                 ban_ttl_s: float = 600.0, *, rules: Iterable[str] = RULES,
+                 **params: Any) -> None:
+        cfg = CredentialStuffingSettings(window_s=window_s, min_failures=min_failures,
+                                         min_usernames=min_usernames, ban_ttl_s=ban_ttl_s, **params)
+        if cfg.window_s <= 0 or cfg.aggregate_window_s <= 0 or cfg.spike_bucket_s <= 0:
+            raise ValueError("windows must be > 0 s")
+        if min(cfg.min_failures, cfg.min_usernames, cfg.prefix_min_failures, cfg.prefix_min_ips,
+               cfg.asn_min_failures, cfg.asn_min_ips, cfg.username_min_failures,
+               cfg.username_min_ips, cfg.spike_min_failures, cfg.spike_username_min_failures,
+               cfg.spike_username_min_ips) < 1:
+            raise ValueError("every min_* count must be >= 1")
+        if not 0.0 <= cfg.min_failure_share <= 1.0 or not 0.0 < cfg.spike_ewma_lambda <= 1.0:
+            raise ValueError("min_failure_share must be in [0, 1] and spike_ewma_lambda in (0, 1]")
+        self.rules = frozenset(rules)
+        if not self.rules <= set(RULES):
+            raise ValueError(f"unknown rules {sorted(self.rules - set(RULES))}; known: {RULES}")
+        self.cfg = cfg
+        self.window_s = cfg.window_s
+        self.min_failures = cfg.min_failures
+        self.min_usernames = cfg.min_usernames
+        self.ban_ttl_s = cfg.ban_ttl_s
+        self._quiet_delta = timedelta(seconds=cfg.ban_ttl_s)
+        self._ips = KeyedWindows(cfg.window_s)
+        self._prefixes = KeyedWindows(cfg.aggregate_window_s)
+        self._asns = KeyedWindows(cfg.aggregate_window_s)
+        self._usernames = KeyedWindows(cfg.aggregate_window_s)
+        self._quiet = QuietPeriods()  # "scope:value" keys
+        self._spike = _Spike()
 
     @classmethod
-    def from_settings(cls, settings: CredentialStuffingSettings) -> CredentialStuffingDetector:
+    def from_settings(cls, settings: CredentialStuffingSettings,
+                      rules: Iterable[str] = RULES) -> CredentialStuffingDetector:
         """Build from the ``credential_stuffing`` section of the settings."""
-        return cls(window_s=settings.window_s, min_failures=settings.min_failures,
-                   min_usernames=settings.min_usernames, ban_ttl_s=settings.ban_ttl_s)
+        params = settings.model_dump(exclude={"window_s", "min_failures", "min_usernames", "ban_ttl_s"})
+        return cls(settings.window_s, settings.min_failures, settings.min_usernames,
+                   settings.ban_ttl_s, rules=rules, **params)
 
     @property
     def tracked_ips(self) -> int:
-        """IPs with login attempts inside the window (the size of the state)."""
-        return len(self._windows)
+        """IPs with login attempts inside the window (the size of the per-IP state)."""
+        return len(self._ips)
 
     @property
     def quiet_ips(self) -> int:
         """IPs that fired and are ignored until their quiet period ends."""
-        return len(self._quiet_until)
+        return sum(1 for key in self._quiet if key.startswith("ip:"))
+
+    @property
+    def state_size(self) -> int:
+        """Keys held in every window and quiet list together."""
+        return (len(self._ips) + len(self._prefixes) + len(self._asns) + len(self._usernames)
+                + len(self._quiet))
+
+    @property
+    def spike_active(self) -> bool:
+        """True while a global failed-login spike lasts."""
+        return self._spike.active
 
     def process(self, event: RequestEvent, now: datetime) -> list[Detection]:
-        """Learn from one event and return the detections it completes (0 or 1).
+        """Learn from one event and return the detections it completes.
 
         ``now`` is the current event time (timezone-aware); the worker passes the
-        event's own ``ts``. Events that are not upstream-answered login attempts only
-        advance eviction.
+        event's own ``ts``. Events that are not upstream-answered login attempts
+        only advance eviction.
         """
         self._evict(now)
         if event.login is None or event.answered_by != "upstream":
             return []
+        failed = event.login == "failure"
         ip = event.client_ip
-        if ip in self._quiet_until:
-            return []
-        window = self._windows.get(ip)
-        if window is None:
-            window = self._windows[ip] = _IpWindow()
-        self._windows.move_to_end(ip)
-        self._last_seen[ip] = max(self._last_seen.get(ip, event.ts), event.ts)
-        window.add(_Attempt(event.ts, event.login == "failure", event.username_hash, event.event_id))
-        window.expire(now - timedelta(seconds=self.window_s))
-        if window.failures >= self.min_failures and len(window.usernames) >= self.min_usernames:
-            detection = self._detection(ip, window, event, now)
-            del self._windows[ip]
-            del self._last_seen[ip]
-            self._quiet_until[ip] = now + timedelta(seconds=self.ban_ttl_s)
-            return [detection]
-        return []
+        attempt = Attempt(event.ts, failed, event.username_hash, ip, event.event_id)
+        out: list[Detection] = []
+        ip_key = "ip:" + ip
+        if ip_key not in self._quiet:
+            window = self._ips.add(ip, attempt, now)
+            if (window.failures >= self.min_failures and len(window.usernames) >= self.min_usernames
+                    and window.failure_share >= self.cfg.min_failure_share):
+                self._fire(out, "ip", ip, "ip", window, event, now, distinct_ips=None)
+                self._ips.drop(ip)
+        if self.rules == {"ip"}:
+            return out
+        if "global" in self.rules or "username" in self.rules:
+            self._count_spike(event, failed, now, out)
+        if "prefix" in self.rules:
+            prefix = network_of(ip, self.cfg.prefix_v4, self.cfg.prefix_v6)
+            if prefix is not None:
+                self._aggregate(out, "prefix", prefix, self._prefixes, attempt, event, now,
+                                self.cfg.prefix_min_failures, self.cfg.prefix_min_ips,
+                                self.cfg.prefix_min_usernames)
+        if "asn" in self.rules and event.asn is not None:
+            self._aggregate(out, "asn", str(event.asn), self._asns, attempt, event, now,
+                            self.cfg.asn_min_failures, self.cfg.asn_min_ips, self.cfg.asn_min_usernames)
+        if "username" in self.rules and event.username_hash and failed:
+            self._username(out, event.username_hash, attempt, event, now)
+        return out
 
-    def _evict(self, now: datetime) -> None:
-        horizon = now - timedelta(seconds=self.window_s)
-        while self._windows:
-            ip = next(iter(self._windows))
-            if self._last_seen[ip] > horizon:
-                break
-            del self._windows[ip]
-            del self._last_seen[ip]
-        while self._quiet_until:
-            ip, until = next(iter(self._quiet_until.items()))
-            if until > now:
-                break
-            del self._quiet_until[ip]
+    # -- rules -------------------------------------------------------------------------
 
-    def _detection(self, ip: str, window: _IpWindow, trigger: RequestEvent, now: datetime) -> Detection:
-        failed = [a for a in window.attempts if a.failed]
-        samples = [a.event_id for a in failed[-MAX_SAMPLE_EVENT_IDS:]]
+    def _aggregate(self, out: list[Detection], scope: str, key: str, windows: KeyedWindows,
+                   attempt: Attempt, event: RequestEvent, now: datetime, min_failures: int,
+                   min_ips: int, min_usernames: int) -> None:
+        if f"{scope}:{key}" in self._quiet:
+            return
+        window = windows.add(key, attempt, now)
+        if window.failures < min_failures or len(window.usernames) < min_usernames:
+            return
+        # Leave out IPs that fired the ip rule on their own: they are handled already.
+        fired = [(ip, n) for ip, n in window.sources.items() if "ip:" + ip in self._quiet]
+        failures = window.failures - sum(n for _, n in fired)
+        ips = len(window.sources) - len(fired)
+        share = failures / (failures + window.successes) if failures else 0.0
+        if failures >= min_failures and ips >= min_ips and share >= self.cfg.min_failure_share:
+            self._fire(out, scope, key, scope, window, event, now, distinct_ips=ips,
+                       extra={"failures_from_fired_ips": window.failures - failures,
+                              "thresholds": {"min_failures": min_failures, "min_ips": min_ips,
+                                             "min_usernames": min_usernames,
+                                             "min_failure_share": self.cfg.min_failure_share}})
+            windows.drop(key)
+
+    def _username(self, out: list[Detection], user: str, attempt: Attempt, event: RequestEvent,
+                  now: datetime) -> None:
+        if "username:" + user in self._quiet:
+            return
+        window = self._usernames.add(user, attempt, now)
+        during_spike = self._spike.active
+        if during_spike:
+            min_failures, min_ips = self.cfg.spike_username_min_failures, self.cfg.spike_username_min_ips
+        else:
+            min_failures, min_ips = self.cfg.username_min_failures, self.cfg.username_min_ips
+        if window.failures >= min_failures and len(window.sources) >= min_ips:
+            rule = "username_during_spike" if during_spike else "username"
+            extra: dict[str, Any] = {"thresholds": {"min_failures": min_failures, "min_ips": min_ips}}
+            if during_spike:
+                extra["spike"] = self._spike_evidence()
+            self._fire(out, "username", user, rule, window, event, now,
+                       distinct_ips=len(window.sources), extra=extra)
+            self._usernames.drop(user)
+
+    def _count_spike(self, event: RequestEvent, failed: bool, now: datetime,
+                     out: list[Detection]) -> None:
+        spike = self._spike
+        bucket = math.floor(event.ts.timestamp() / self.cfg.spike_bucket_s)
+        if spike.bucket is None:
+            spike.bucket = bucket
+        elif bucket > spike.bucket:
+            self._close_buckets(bucket)
+        if not failed or bucket < spike.bucket:  # a late event of a closed bucket is not counted
+            return
+        spike.count += 1
+        if not spike.active and spike.count >= self._spike_threshold():
+            spike.active = True
+            if "global" in self.rules:
+                out.append(self._global_detection(event, now))
+
+    def _spike_threshold(self) -> float:
+        return max(self.cfg.spike_min_failures, self.cfg.spike_factor * self._spike.baseline)
+
+    def _close_buckets(self, new_bucket: int) -> None:
+        spike = self._spike
+        assert spike.bucket is not None
+        lam = self.cfg.spike_ewma_lambda
+        closed = [spike.count] + [0] * min(new_bucket - spike.bucket - 1, 1000)
+        for count in closed:
+            if count >= self._spike_threshold():
+                continue  # a spike bucket does not teach the baseline
+            spike.active = False
+            spike.baseline = lam * count + (1 - lam) * spike.baseline
+            spike.buckets_seen += 1
+        spike.bucket, spike.count = new_bucket, 0
+
+    def _spike_evidence(self) -> dict[str, Any]:
+        spike = self._spike
+        return {"bucket_s": self.cfg.spike_bucket_s, "bucket_failures": spike.count,
+                "baseline_per_bucket": round(spike.baseline, 3),
+                "threshold": round(self._spike_threshold(), 3), "baseline_buckets": spike.buckets_seen}
+
+    # -- detections --------------------------------------------------------------------
+
+    def _fire(self, out: list[Detection], scope: str, value: str, rule: str, window: CountWindow,
+              trigger: RequestEvent, now: datetime, distinct_ips: int | None,
+              extra: dict[str, Any] | None = None) -> None:
+        self._quiet.start(f"{scope}:{value}", now + self._quiet_delta)
+        if scope not in self.rules:
+            return
+        samples = window.failed_event_ids(MAX_SAMPLE_EVENT_IDS)
         distinct = len(window.usernames)
-        evidence = {
-            "window_s": self.window_s,
+        window_s = self.window_s if scope == "ip" else self.cfg.aggregate_window_s
+        evidence: dict[str, Any] = {
+            "rule": rule,
+            "window_s": window_s,
             "failures": window.failures,
             "distinct_usernames": distinct,
             "successes": window.successes,
-            "thresholds": {"min_failures": self.min_failures, "min_usernames": self.min_usernames},
+            "failure_share": round(window.failure_share, 4),
+            "thresholds": {"min_failures": self.min_failures, "min_usernames": self.min_usernames,
+                           "min_failure_share": self.cfg.min_failure_share},
             "first_ts": window.attempts[0].ts.isoformat(),
             "last_ts": window.attempts[-1].ts.isoformat(),
             "sample_event_ids": samples,
         }
-        score = min(window.failures / self.min_failures, distinct / self.min_usernames)
+        if distinct_ips is not None:
+            evidence["distinct_ips"] = distinct_ips
+        evidence.update(extra or {})
+        if scope == "ip":
+            score = min(window.failures / self.min_failures, distinct / self.min_usernames)
+            summary = (f"{window.failures} failed logins for {distinct} usernames from {value} "
+                       f"within {window_s:g} s ({window.successes} successes)")
+        elif scope == "username":
+            score = window.failures / evidence["thresholds"]["min_failures"]
+            summary = (f"{window.failures} failed logins for one username from {distinct_ips} IPs "
+                       f"within {window_s:g} s" + (" during a failed-login spike"
+                                                   if rule == "username_during_spike" else ""))
+        else:
+            score = window.failures / evidence["thresholds"]["min_failures"]
+            summary = (f"{window.failures} failed logins for {distinct} usernames from {distinct_ips} "
+                       f"IPs in {scope} {value} within {window_s:g} s ({window.successes} successes)")
+        severity: Severity = "high" if scope in ("ip", "prefix") else "medium"
+        out.append(Detection(
+            detection_id=uuid.uuid5(_ID_NAMESPACE, f"{NAME}|{scope}|{value}|{trigger.event_id}").hex,
+            ts=now, detector=NAME, scope=scope, value=value,  # type: ignore[arg-type]
+            severity=severity, score=round(score, 3), summary=summary, evidence=evidence,
+            sample_event_ids=samples))
+
+    def _global_detection(self, trigger: RequestEvent, now: datetime) -> Detection:
+        evidence = {"rule": "global_spike", **self._spike_evidence(),
+                    "sample_event_ids": [trigger.event_id]}
+        spike = self._spike
         return Detection(
-            detection_id=uuid.uuid5(_ID_NAMESPACE, f"{NAME}|{ip}|{trigger.event_id}").hex,
-            ts=now,
-            detector=NAME,
-            scope="ip",
-            value=ip,
-            severity="high",
-            score=round(score, 3),
-            summary=(f"{window.failures} failed logins for {distinct} usernames from {ip} "
-                     f"within {self.window_s:g} s ({window.successes} successes)"),
-            evidence=evidence,
-            sample_event_ids=samples,
-        )
+            detection_id=uuid.uuid5(_ID_NAMESPACE, f"{NAME}|global|{trigger.event_id}").hex,
+            ts=now, detector=NAME, scope="global", value=GLOBAL_VALUE, severity="medium",
+            score=round(spike.count / max(self._spike_threshold(), 1.0), 3),
+            summary=(f"failed-login spike: {spike.count} failures in the current "
+                     f"{self.cfg.spike_bucket_s:g} s bucket, baseline {spike.baseline:.1f}"),
+            evidence=evidence, sample_event_ids=[trigger.event_id])
+
+    def _evict(self, now: datetime) -> None:
+        self._ips.evict(now)
+        self._prefixes.evict(now)
+        self._asns.evict(now)
+        self._usernames.evict(now)
+        self._quiet.expire(now)

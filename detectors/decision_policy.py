@@ -1,21 +1,70 @@
 """Turn a :class:`~gatewatch.events.Detection` into a :class:`~gatewatch.events.Decision`.
 
-A separate, small step after the detector (as river's threshold filters wrap
+A separate, small step after the detectors (as river's threshold filters wrap
 a detector), so the response can change without touching detection. Pure:
 the decision's times come from the detection, its id from the detection id.
 
-Current policy: every detection becomes a ``ban`` of the detection's scope and
-value for ``ban_ttl_s`` seconds (OWASP: IP block-lists should be temporary).
+:func:`decide` is the stateless step: one detection, one decision with a TTL.
+:class:`DecisionPolicy` holds the state around it, per detector settings
+(:class:`gatewatch.settings.DetectorPolicySettings`):
+
+* **action per scope**: ``actions`` maps a detection scope to ``ban``,
+  ``throttle`` or ``challenge``; a scope not listed gets no decision (alert
+  only — ``route`` and ``global`` detections, the latency detector);
+* **shadow mode**: ``shadow=True`` records the detection, issues nothing;
+* **one active decision per scope and value**: while a decision for
+  ``scope:value`` is active, a new detection for it yields no decision unless
+  its action is stronger (``challenge`` < ``throttle`` < ``ban``), which then
+  replaces it (same Kafka key);
+* **escalation**: the n-th decision for the same ``scope:value`` lasts
+  ``ban_ttl_s × 2^(n-1)`` seconds, capped at ``max_ttl_s``; an offender with
+  no decision for ``escalation_reset_s`` seconds after its last one expired
+  starts again at ``ban_ttl_s`` (as fail2ban >= 0.11 ``bantime.increment`` /
+  ``bantime.maxtime`` in ``jail.conf``, whose default formula doubles the ban
+  per earlier ban; OWASP: blocks should be temporary).
+
+Every result says what happened (``outcome``) and the detection is returned
+with ``evidence["policy"]`` set to it, so a stored detection tells whether it
+blocked anyone. The allow-list is the gateway's (it always wins); the policy
+does not know it.
+
+State: the active decisions and the offence history, both evicted once they
+can no longer matter; picklable. With several workers each holds the state
+of the keys its partitions carry (see ``streams/decide.py``).
+
+Example::
+
+    >>> from datetime import datetime, timezone
+    >>> from gatewatch.events import Detection
+    >>> from gatewatch.settings import DetectorPolicySettings
+    >>> policy = DecisionPolicy({"demo": DetectorPolicySettings(ban_ttl_s=60, actions={"ip": "ban"})})
+    >>> t0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
+    >>> d = Detection(detection_id="d1", ts=t0, detector="demo", scope="ip", value="192.0.2.1")
+    >>> r = policy.decide(d)
+    >>> (r.outcome, r.decision.ttl_s)
+    ('decision', 60.0)
+    >>> policy.decide(d.model_copy(update={"detection_id": "d2"})).outcome
+    'duplicate'
 """
 
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal
 
 from gatewatch.events import Action, Decision, Detection
+from gatewatch.settings import DetectorPolicySettings, GatewatchSettings
 
 _ID_NAMESPACE = uuid.UUID("0b8f7e55-2c1d-4f4e-8a9b-5d2e7c3a1f10")
+
+#: Strength of each action: a stronger one replaces an active weaker one.
+ACTION_RANK: dict[str, int] = {"challenge": 1, "throttle": 2, "ban": 3}
+
+Outcome = Literal["decision", "shadow", "duplicate", "alert_only"]
 
 
 def decide(detection: Detection, ban_ttl_s: float, action: Action = "ban") -> Decision:
@@ -34,7 +83,7 @@ def decide(detection: Detection, ban_ttl_s: float, action: Action = "ban") -> De
     evidence.setdefault("sample_event_ids", list(detection.sample_event_ids))
     return Decision(
         id=uuid.uuid5(_ID_NAMESPACE, detection.detection_id).hex,
-        scope=detection.scope,
+        scope=detection.scope,  # type: ignore[arg-type]  (checked by the caller: a decision scope)
         value=detection.value,
         action=action,
         reason=f"{detection.detector}: {detection.summary}" if detection.summary else detection.detector,
@@ -45,3 +94,94 @@ def decide(detection: Detection, ban_ttl_s: float, action: Action = "ban") -> De
         origin="detector",
         detection_id=detection.detection_id,
     )
+
+
+@dataclass(frozen=True)
+class PolicyResult:
+    """What the policy did with one detection (annotated with ``evidence["policy"]``)."""
+
+    detection: Detection
+    decision: Decision | None
+    outcome: Outcome
+
+
+@dataclass(slots=True)
+class _Offences:
+    count: int
+    last_expires: datetime
+
+
+class DecisionPolicy:
+    """Stateful decision policy (see the module docstring).
+
+    ``detectors`` maps a detector name (``Detection.detector``) to its settings;
+    a detector not listed gets no decisions (alert only).
+    """
+
+    def __init__(self, detectors: Mapping[str, DetectorPolicySettings]) -> None:
+        for name, cfg in detectors.items():
+            if cfg.max_ttl_s < cfg.ban_ttl_s:
+                raise ValueError(f"{name}: max_ttl_s {cfg.max_ttl_s} < ban_ttl_s {cfg.ban_ttl_s}")
+        self.detectors = dict(detectors)
+        self._active: OrderedDict[str, tuple[datetime, Action]] = OrderedDict()
+        self._offences: OrderedDict[str, _Offences] = OrderedDict()
+        self._reset_delta = timedelta(seconds=max(
+            (cfg.escalation_reset_s for cfg in self.detectors.values()), default=0.0))
+
+    @classmethod
+    def from_settings(cls, settings: GatewatchSettings) -> DecisionPolicy:
+        """The policy of the worker: credential stuffing, BOLA and latency settings."""
+        return cls({"credential_stuffing": settings.credential_stuffing, "bola": settings.bola,
+                    "latency_regression": settings.latency})
+
+    @property
+    def active_decisions(self) -> int:
+        return len(self._active)
+
+    def decide(self, detection: Detection) -> PolicyResult:
+        """Decide on one detection; ``detection.ts`` is the clock."""
+        now = detection.ts
+        self._evict(now)
+        cfg = self.detectors.get(detection.detector)
+        action = cfg.actions.get(detection.scope) if cfg is not None else None
+        if cfg is None or action is None:
+            return self._result(detection, None, "alert_only")
+        if cfg.shadow:
+            return self._result(detection, None, "shadow")
+        key = f"{detection.scope}:{detection.value}"
+        active = self._active.get(key)
+        if active is not None and active[0] > now and ACTION_RANK[active[1]] >= ACTION_RANK[action]:
+            return self._result(detection, None, "duplicate")
+        offences = self._offences.get(key)
+        if offences is not None and now - offences.last_expires <= timedelta(seconds=cfg.escalation_reset_s):
+            count = offences.count + 1
+        else:
+            count = 1
+        ttl_s = min(cfg.ban_ttl_s * 2 ** min(count - 1, 60), cfg.max_ttl_s)
+        decision = decide(detection, ttl_s, action)
+        decision = decision.model_copy(update={"evidence": decision.evidence | {
+            "policy": "decision", "escalation": {"offence": count, "ttl_s": ttl_s,
+                                                 "max_ttl_s": cfg.max_ttl_s}}})
+        self._active.pop(key, None)
+        self._active[key] = (decision.expires_at, action)
+        self._offences.pop(key, None)
+        self._offences[key] = _Offences(count, decision.expires_at)
+        return self._result(detection, decision, "decision")
+
+    @staticmethod
+    def _result(detection: Detection, decision: Decision | None, outcome: Outcome) -> PolicyResult:
+        annotated = detection.model_copy(update={"evidence": detection.evidence | {"policy": outcome}})
+        return PolicyResult(annotated, decision, outcome)
+
+    def _evict(self, now: datetime) -> None:
+        # Both maps are in order of last update; entries at the front are the oldest.
+        while self._active:
+            key, (expires, _) = next(iter(self._active.items()))
+            if expires > now:
+                break
+            del self._active[key]
+        while self._offences:
+            key, offences = next(iter(self._offences.items()))
+            if now - offences.last_expires <= self._reset_delta:
+                break
+            del self._offences[key]

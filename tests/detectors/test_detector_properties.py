@@ -1,101 +1,162 @@
 """Shared check suite: every detector through the same properties (like river's ``checks``).
 
-Deterministic, pickles and restores mid-stream (a restart with saved state),
-copes with missing fields, separates the labelled attack cases from the
-benign ones, keeps bounded state.
+For every case of every detector: deterministic (and, with a seed, the same
+figures), pickles and restores mid-stream (a restart with saved state) with
+identical results, separates the labelled attack cases from the benign ones.
+For every detector: copes with missing or odd fields, keeps bounded state,
+rejects bad parameters.
 """
 
 from __future__ import annotations
 
+import math
 import pickle
-from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from detector_cases import DETECTORS, case_names, load_case, run_detector
+from detectors.bola import BolaDetector
 from detectors.credential_stuffing import CredentialStuffingDetector
+from detectors.latency import LatencyRegressionDetector
 from gatewatch.events import RequestEvent
-from gatewatch.settings import CredentialStuffingSettings
-
-from detector_cases import case_names, load_case, run_detector
-
-#: name -> factory(settings) of every detector the suite checks.
-DETECTORS: dict[str, Callable[[CredentialStuffingSettings], CredentialStuffingDetector]] = {
-    "credential_stuffing": CredentialStuffingDetector.from_settings,
-}
 
 T0 = datetime(2025, 3, 1, tzinfo=timezone.utc)
+CASES = case_names()
 
 
 def _summary(results):
-    return [(trigger, d.detection_id, d.value, d.ts, d.evidence) for trigger, d in results]
+    return [(trigger, d.detection_id, d.scope, d.value, d.ts, d.score, d.evidence) for trigger, d in results]
 
 
-@pytest.mark.parametrize("detector_name", DETECTORS)
-@pytest.mark.parametrize("case_name", case_names())
-def test_deterministic(detector_name: str, case_name: str) -> None:
+@pytest.mark.parametrize("case_name", CASES)
+def test_deterministic(case_name: str) -> None:
     case = load_case(case_name)
-    first = run_detector(DETECTORS[detector_name](case.settings), case.events)
-    second = run_detector(DETECTORS[detector_name](case.settings), case.events)
-    assert _summary(first) == _summary(second)
+    assert _summary(run_detector(case.new_detector(), case.events)) == \
+        _summary(run_detector(case.new_detector(), case.events))
 
 
-@pytest.mark.parametrize("detector_name", DETECTORS)
-@pytest.mark.parametrize("case_name", case_names())
-def test_pickle_and_restore_mid_stream(detector_name: str, case_name: str) -> None:
+@pytest.mark.parametrize("case_name", CASES)
+def test_pickle_and_restore_mid_stream(case_name: str) -> None:
     case = load_case(case_name)
-    whole = run_detector(DETECTORS[detector_name](case.settings), case.events)
-    half = len(case.events) // 2
-    detector = DETECTORS[detector_name](case.settings)
-    before = run_detector(detector, case.events[:half])
-    restored = pickle.loads(pickle.dumps(detector))
-    after = run_detector(restored, case.events[half:])
-    assert _summary(before + after) == _summary(whole)
+    whole = _summary(run_detector(case.new_detector(), case.events))
+    for cut in (len(case.events) // 3, len(case.events) // 2):
+        detector = case.new_detector()
+        before = run_detector(detector, case.events[:cut])
+        restored = pickle.loads(pickle.dumps(detector))
+        after = run_detector(restored, case.events[cut:])
+        assert _summary(before + after) == whole, f"cut at {cut}"
 
 
-@pytest.mark.parametrize("detector_name", DETECTORS)
-def test_copes_with_missing_fields(detector_name: str) -> None:
-    detector = DETECTORS[detector_name](CredentialStuffingSettings())
-    minimal = RequestEvent.model_validate({"event_id": "m1", "ts": T0.isoformat(), "client_ip": "192.0.2.1",
-                                           "method": "GET", "host": "h", "path": "/", "route": "/",
-                                           "status": 200})
-    no_user = minimal.model_copy(update={"event_id": "m2", "login": "failure", "status": 401})
-    assert detector.process(minimal, now=T0) == []
-    assert detector.process(no_user, now=T0) == []
-
-
-@pytest.mark.parametrize("detector_name", DETECTORS)
+@pytest.mark.parametrize("detector_name", sorted(DETECTORS))
 def test_separates_attack_from_benign(detector_name: str) -> None:
-    for name in case_names():
-        case = load_case(name)
-        got = run_detector(DETECTORS[detector_name](case.settings), case.events)
-        assert bool(got) == case.fires, name
+    cases = [load_case(n) for n in CASES]
+    mine = [c for c in cases if c.detector == detector_name]
+    assert mine
+    for case in mine:
+        got = run_detector(case.new_detector(), case.events)
+        assert bool(got) == case.fires, case.name
 
 
-def test_state_is_bounded() -> None:
-    detector = CredentialStuffingDetector(window_s=60, min_failures=10, min_usernames=5, ban_ttl_s=120)
-    for i in range(1000):  # 1000 IPs, one failure each, one per second
+def test_latency_sampling_is_seeded() -> None:
+    """With a reservoir smaller than the traffic, the same seed gives the same figures."""
+    case = load_case("latency_regression_and_recovery")
+    settings = case.settings.model_copy(update={"max_samples_per_window": 12, "min_samples": 10})
+
+    def run(seed: int):
+        det = LatencyRegressionDetector.from_settings(settings.model_copy(update={"seed": seed}))
+        return _summary(run_detector(det, case.events))
+
+    assert run(7) == run(7)
+    assert [d[3] for d in run(7)] == ["GET /orders/{id}"] * 2  # sampled, still found
+
+
+def _minimal(**kw) -> RequestEvent:
+    fields = {"event_id": "m1", "ts": T0.isoformat(), "client_ip": "192.0.2.1", "method": "GET",
+              "host": "h", "path": "/", "route": "/", "status": 200}
+    return RequestEvent.model_validate(fields | kw)
+
+
+ODD_EVENTS = [
+    {},
+    {"login": "failure", "status": 401, "path": "/login", "route": "/login"},  # no username
+    {"login": "success", "client_ip": "not-an-ip"},
+    {"login": "failure", "client_ip": "::ffff:192.0.2.9", "username_hash": "u", "asn": 64500},
+    {"path": "/orders/12", "route": "/orders/{id}", "status": 404},  # anonymous
+    {"path": "/orders/", "route": "/orders/{id}", "status": 404},  # empty id
+    {"path": "/a/b/c", "route": "/orders/{id}", "status": 403, "principal": "p"},  # does not match
+    {"path": "/orders/1?x=/2", "route": "/orders/{id}", "status": 403, "principal": "p"},
+    {"latency_ms": float("nan")},
+    {"latency_ms": -1.0},
+    {"answered_by": "decision", "status": 403, "latency_ms": 0.0},
+]
+
+
+@pytest.mark.parametrize("detector_name", sorted(DETECTORS))
+def test_copes_with_missing_fields(detector_name: str) -> None:
+    spec = DETECTORS[detector_name]
+    detector = spec.build(spec.settings_model(), {})
+    for i, extra in enumerate(ODD_EVENTS):
+        event = _minimal(**extra).model_copy(update={"event_id": f"m{i}", "ts": T0 + timedelta(seconds=i)})
+        assert detector.process(event, now=event.ts) == []
+    assert math.isfinite(detector.state_size)
+
+
+def _login(i: int, ts: datetime, ip: str, user: str) -> RequestEvent:
+    return RequestEvent(event_id=f"e{i}", ts=ts, client_ip=ip, method="POST", host="h", path="/login",
+                        route="/login", status=401, login="failure", username_hash=user)
+
+
+def test_credential_stuffing_state_is_bounded() -> None:
+    detector = CredentialStuffingDetector(window_s=60, min_failures=10, min_usernames=5, ban_ttl_s=120,
+                                          aggregate_window_s=120, spike_min_failures=10_000)
+    for i in range(2000):  # 2000 IPs and usernames, one failure each, one per second
         ts = T0 + timedelta(seconds=i)
-        event = RequestEvent(event_id=f"e{i}", ts=ts, client_ip=f"10.0.{i // 250}.{i % 250}",
-                             method="POST", host="h", path="/login", route="/login", status=401,
-                             login="failure", username_hash=f"u{i}")
-        detector.process(event, now=ts)
+        detector.process(_login(i, ts, f"10.{i // 250}.{i % 250}.1", f"u{i}"), now=ts)
     assert detector.tracked_ips <= 61
+    assert detector.state_size <= 61 + 3 * 121
     # One IP fires and is quiet, then forgotten once its quiet period is over.
     for i in range(10):
-        ts = T0 + timedelta(seconds=2000 + i)
-        event = RequestEvent(event_id=f"a{i}", ts=ts, client_ip="203.0.113.9", method="POST", host="h",
-                             path="/login", route="/login", status=401, login="failure",
-                             username_hash=f"v{i}")
-        fired = detector.process(event, now=ts)
-    assert len(fired) == 1 and detector.quiet_ips == 1
-    later = T0 + timedelta(seconds=3000)
-    detector.process(event.model_copy(update={"login": None, "ts": later}), now=later)
-    assert detector.quiet_ips == 0 and detector.tracked_ips == 0
+        ts = T0 + timedelta(seconds=3000 + i)
+        fired = detector.process(_login(i, ts, "203.0.113.9", f"v{i}"), now=ts)
+    assert [d.scope for d in fired] == ["ip"] and detector.quiet_ips == 1
+    later = T0 + timedelta(seconds=4000)
+    detector.process(_minimal(ts=later.isoformat()), now=later)
+    assert detector.quiet_ips == 0 and detector.state_size == 0
 
 
-def test_rejects_bad_parameters() -> None:
+def test_bola_state_is_bounded() -> None:
+    detector = BolaDetector(state_ttl_s=600, window_s=60)
+    for i in range(3000):  # 3000 principals, one request each, one per second
+        ts = T0 + timedelta(seconds=i)
+        event = RequestEvent(event_id=f"e{i}", ts=ts, client_ip="192.0.2.1", method="GET", host="h",
+                             path=f"/orders/{i}", route="/orders/{id}", status=200, principal=f"k{i}")
+        detector.process(event, now=ts)
+    assert detector.tracked_principals <= 601
+
+
+def test_latency_state_is_bounded() -> None:
+    detector = LatencyRegressionDetector(state_ttl_s=300)
+    for i in range(2000):  # 2000 routes seen once each, one per second
+        ts = T0 + timedelta(seconds=i)
+        event = RequestEvent(event_id=f"e{i}", ts=ts, client_ip="192.0.2.1", method="GET", host="h",
+                             path=f"/r{i}", route=f"/r{i}", status=200, latency_ms=5.0)
+        detector.process(event, now=ts)
+    assert detector.state_size <= 301
+
+
+@pytest.mark.parametrize("factory, bad", [
+    (CredentialStuffingDetector, {"window_s": 0}),
+    (CredentialStuffingDetector, {"min_failures": 0}),
+    (CredentialStuffingDetector, {"min_failure_share": 1.5}),
+    (CredentialStuffingDetector, {"rules": ["ip", "galaxy"]}),
+    (BolaDetector, {"window_s": 0}),
+    (BolaDetector, {"min_denied_share": 0}),
+    (BolaDetector, {"state_ttl_s": 10, "window_s": 60}),
+    (LatencyRegressionDetector, {"ratio": 0.5}),
+    (LatencyRegressionDetector, {"min_samples": 0}),
+    (LatencyRegressionDetector, {"ewma_lambda": 0}),
+])
+def test_rejects_bad_parameters(factory, bad) -> None:
     with pytest.raises(ValueError):
-        CredentialStuffingDetector(window_s=0)
-    with pytest.raises(ValueError):
-        CredentialStuffingDetector(min_failures=0)
+        factory(**bad)

@@ -1,0 +1,333 @@
+"""BOLA enumeration: a principal walking through object ids it has no right to.
+
+Broken Object Level Authorization (OWASP API Security Top 10 2023, API1) is
+exploited by substituting other users' object ids into a route such as
+``/orders/{id}``. This detector watches, per principal (the API-key id, or the
+client IP when anonymous) and route template, within ``window_s`` (300 s):
+
+* the distinct object ids requested (the path matched against the route
+  template: ``/orders/123`` vs ``/orders/{id}`` gives ``123``; several
+  parameters give ``7/123``) — numeric ids, UUIDs and name-like ids alike;
+* the *denied* ids: answered 403 or 404 by the upstream **and** never given
+  to this principal, i.e. never part of a 2xx answer it received (an id it
+  saw in an earlier 2xx path, even on another route, is "given": a 404 on its
+  own deleted object is not probing);
+* the current run of sequential numeric ids (each within
+  ``sequential_max_step`` of the previous one).
+
+It fires when the window holds at least ``min_distinct_ids`` (20) distinct ids
+and ``min_denied_ids`` (5) denied ones, and either the denied share (denied /
+distinct) reaches ``min_denied_share`` (0.5), or a sequential run of at least
+``min_sequential_run`` (10) ids comes with a denied share of at least
+``sequential_denied_share`` (0.1) — enumeration of a partly vulnerable API
+mostly gets 200s, with 404s on the gaps.
+
+**Volume alone never fires**: every rule needs refused answers. A client
+syncing hundreds of its own objects (all 200) is not a suspect, whatever its
+rate or the order of its ids; CrowdSec's ``http-crawl-non_statics`` (40
+requests at 2/s from one IP) bans exactly such clients. The decision bans the
+principal (scope ``principal``), or the IP for anonymous callers.
+
+What it will not catch:
+
+* an enumeration the API answers only with 200s (a fully vulnerable API with
+  dense ids, or leaked UUIDs of real objects): nothing is refused, and the
+  event carries no response body to tell whose object came back;
+* fewer than ``min_distinct_ids`` ids per window (slow enumeration), or
+  spreading over many principals/keys;
+* object ids outside the path (query string, body).
+
+Sources: OWASP API Security Top 10 2023, API1 Broken Object Level
+Authorization (https://owasp.org/API-Security/editions/2023/en/0xa1-broken-object-level-authorization/);
+CrowdSec hub ``crowdsecurity/http-probing`` (403/404/400 answers with
+``distinct`` paths per IP: capacity 10, leak 10 s) for refused answers as the
+signal, and ``crowdsecurity/http-crawl-non_statics`` as the volume-only rule
+this detector avoids.
+
+State: per principal, the windows of its routes and the ids it was given
+(at most ``known_ids_max``, oldest forgotten first); a principal idle for
+``state_ttl_s`` (3600 s) is forgotten. After firing, a principal stays quiet
+for ``ban_ttl_s``.
+
+Example::
+
+    >>> from datetime import datetime, timedelta, timezone
+    >>> from gatewatch.events import RequestEvent
+    >>> det = BolaDetector(min_distinct_ids=5, min_denied_ids=3)
+    >>> t0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
+    >>> def get(i, status):
+    ...     return RequestEvent(event_id=f"e{i}", ts=t0 + timedelta(seconds=i), client_ip="198.51.100.4",
+    ...         method="GET", host="api", path=f"/orders/{100 + i}", route="/orders/{id}",
+    ...         status=status, principal="key-9")
+    >>> [[d.value for d in det.process(get(i, 403), now=t0 + timedelta(seconds=i))] for i in range(6)]
+    [[], [], [], [], ['key-9'], []]
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter, OrderedDict, deque
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, NamedTuple
+
+from gatewatch.events import Detection, RequestEvent
+from gatewatch.settings import BolaSettings
+
+NAME = "bola"
+MAX_SAMPLE_EVENT_IDS = 10
+MAX_SAMPLE_OBJECT_IDS = 10
+_DENIED = (403, 404)
+_ID_NAMESPACE = uuid.UUID("2b7e1516-28ae-4d2a-a6ab-f7158809cf4f")
+
+
+def object_id(path: str, route: str) -> tuple[str, ...] | None:
+    """The values of ``route``'s ``{params}`` in ``path`` (query string ignored), or None
+    when the path does not match the template or the route has no parameter.
+
+    >>> object_id("/users/7/orders/123?x=1", "/users/{uid}/orders/{oid}")
+    ('7', '123')
+    >>> object_id("/books/Dune", "/books/{title}"), object_id("/health", "/health")
+    (('Dune',), None)
+    """
+    if "{" not in route:
+        return None
+    path = path.split("?", 1)[0].split("#", 1)[0]
+    got = path.rstrip("/").split("/")
+    want = route.rstrip("/").split("/")
+    if len(got) != len(want):
+        return None
+    values = []
+    for segment, template in zip(got, want):
+        if template.startswith("{") and template.endswith("}"):
+            if not segment:
+                return None
+            values.append(segment)
+        elif segment != template:
+            return None
+    return tuple(values) or None
+
+
+def _number(value: str) -> int | None:
+    return int(value) if value.isdigit() and len(value) <= 18 else None
+
+
+class _Access(NamedTuple):
+    ts: datetime
+    oid: str
+    denied: bool
+    status: int
+    event_id: str
+
+
+class _RouteWindow:
+    """Accesses of one principal to one route template within the window."""
+
+    __slots__ = ("accesses", "ids", "denied", "statuses", "last_num", "run", "run_first", "run_ts")
+
+    def __init__(self) -> None:
+        self.accesses: deque[_Access] = deque()
+        self.ids: Counter[str] = Counter()
+        self.denied: Counter[str] = Counter()
+        self.statuses: Counter[int] = Counter()
+        self.last_num: int | None = None
+        self.run = 0
+        self.run_first: int | None = None
+        self.run_ts: datetime | None = None
+
+    def add(self, access: _Access) -> None:
+        self.accesses.append(access)
+        self.ids[access.oid] += 1
+        self.statuses[access.status] += 1
+        if access.denied:
+            self.denied[access.oid] += 1
+
+    def expire(self, horizon: datetime) -> None:
+        while self.accesses and self.accesses[0].ts <= horizon:
+            old = self.accesses.popleft()
+            _decrement(self.ids, old.oid)
+            _decrement(self.statuses, old.status)
+            if old.denied:
+                _decrement(self.denied, old.oid)
+
+    def step(self, num: int | None, ts: datetime, max_step: int, window: timedelta) -> None:
+        """Extend or restart the run of sequential numeric ids."""
+        if num is None:
+            self.last_num, self.run, self.run_first = None, 0, None
+            return
+        stale = self.run_ts is None or ts - self.run_ts > window
+        if not stale and self.last_num is not None and 0 < abs(num - self.last_num) <= max_step:
+            self.run += 1
+        elif num != self.last_num or stale:
+            self.run, self.run_first = 1, num
+        self.last_num, self.run_ts = num, ts
+
+
+def _decrement(counter: Counter, key: Any) -> None:
+    counter[key] -= 1
+    if counter[key] <= 0:
+        del counter[key]
+
+
+@dataclass(slots=True)
+class _Principal:
+    routes: dict[str, _RouteWindow]
+    given: OrderedDict[str, None]  # parameter values seen in 2xx answers to this principal
+    last_seen: datetime
+
+
+class BolaDetector:
+    """BOLA enumeration detector (see the module docstring for the rule and sources).
+
+    Parameters, as in :class:`gatewatch.settings.BolaSettings`: ``window_s`` (s),
+    ``min_distinct_ids``, ``min_denied_ids`` (counts), ``min_denied_share``,
+    ``sequential_denied_share`` (0..1), ``min_sequential_run``, ``sequential_max_step``
+    (ids), ``known_ids_max`` (ids per principal), ``state_ttl_s`` and ``ban_ttl_s`` (s).
+
+    Raises ``ValueError`` on out-of-range parameters.
+    """
+
+    def __init__(self, **params: Any) -> None:
+        cfg = BolaSettings(**params)
+        if cfg.window_s <= 0 or cfg.state_ttl_s < cfg.window_s:
+            raise ValueError("need window_s > 0 and state_ttl_s >= window_s")
+        if min(cfg.min_distinct_ids, cfg.min_denied_ids, cfg.min_sequential_run,
+               cfg.sequential_max_step, cfg.known_ids_max) < 1:
+            raise ValueError("counts must be >= 1")
+        if not (0 < cfg.min_denied_share <= 1 and 0 < cfg.sequential_denied_share <= 1):
+            raise ValueError("shares must be in (0, 1]")
+        self.cfg = cfg
+        self._window = timedelta(seconds=cfg.window_s)
+        self._ttl = timedelta(seconds=cfg.state_ttl_s)
+        self._quiet_delta = timedelta(seconds=cfg.ban_ttl_s)
+        self._principals: OrderedDict[tuple[str, str], _Principal] = OrderedDict()
+        self._quiet: OrderedDict[tuple[str, str], datetime] = OrderedDict()
+
+    @classmethod
+    def from_settings(cls, settings: BolaSettings) -> BolaDetector:
+        """Build from the ``bola`` section of the settings."""
+        return cls(**settings.model_dump())
+
+    @property
+    def tracked_principals(self) -> int:
+        """Principals (or anonymous IPs) currently held in state."""
+        return len(self._principals)
+
+    @property
+    def state_size(self) -> int:
+        return len(self._principals) + len(self._quiet)
+
+    def process(self, event: RequestEvent, now: datetime) -> list[Detection]:
+        """Learn from one event; return the detection it completes (0 or 1).
+
+        Only upstream answers on routes with a ``{parameter}`` count.
+        """
+        self._evict(now)
+        if event.answered_by != "upstream":
+            return []
+        values = object_id(event.path, event.route)
+        if values is None:
+            return []
+        who = ("principal", event.principal) if event.principal else ("ip", event.client_ip)
+        state = self._principals.get(who)
+        if state is None:
+            state = self._principals[who] = _Principal({}, OrderedDict(), event.ts)
+        else:
+            self._principals.move_to_end(who)
+            state.last_seen = max(state.last_seen, event.ts)
+        if 200 <= event.status < 300:
+            self._give(state, values)
+        if who in self._quiet:
+            return []
+        oid = "/".join(values)
+        denied = event.status in _DENIED and values[-1] not in state.given
+        window = state.routes.get(event.route)
+        if window is None:
+            window = state.routes[event.route] = _RouteWindow()
+        window.add(_Access(event.ts, oid, denied, event.status, event.event_id))
+        window.expire(now - self._window)
+        window.step(_number(values[-1]), event.ts, self.cfg.sequential_max_step, self._window)
+        return self._check(who, event, window, now)
+
+    def _give(self, state: _Principal, values: tuple[str, ...]) -> None:
+        given = state.given
+        for value in values:
+            if value in given:
+                given.move_to_end(value)
+            else:
+                given[value] = None
+                if len(given) > self.cfg.known_ids_max:
+                    given.popitem(last=False)
+
+    def _check(self, who: tuple[str, str], event: RequestEvent, window: _RouteWindow,
+               now: datetime) -> list[Detection]:
+        cfg = self.cfg
+        distinct, denied = len(window.ids), len(window.denied)
+        if distinct < cfg.min_distinct_ids or denied < cfg.min_denied_ids:
+            return []
+        share = denied / distinct
+        sequential = window.run >= cfg.min_sequential_run
+        if share >= cfg.min_denied_share:
+            rule = "denied_share"
+        elif sequential and share >= cfg.sequential_denied_share:
+            rule = "sequential_ids"
+        else:
+            return []
+        self._quiet[who] = now + self._quiet_delta
+        self._quiet.move_to_end(who)
+        return [self._detection(who, rule, event, window, share, now)]
+
+    def _detection(self, who: tuple[str, str], rule: str, trigger: RequestEvent,
+                   window: _RouteWindow, share: float, now: datetime) -> Detection:
+        cfg = self.cfg
+        denied_events = [a.event_id for a in window.accesses if a.denied][-MAX_SAMPLE_EVENT_IDS:]
+        denied_ids = list(window.denied)[:MAX_SAMPLE_OBJECT_IDS]
+        scope, value = who
+        evidence: dict[str, Any] = {
+            "rule": rule,
+            "route": trigger.route,
+            "window_s": cfg.window_s,
+            "distinct_ids": len(window.ids),
+            "denied_ids": len(window.denied),
+            "denied_share": round(share, 4),
+            "sequential_run": window.run,
+            "sequential_from": window.run_first,
+            "statuses": {str(k): v for k, v in sorted(window.statuses.items())},
+            "sample_denied_object_ids": denied_ids,
+            "thresholds": {"min_distinct_ids": cfg.min_distinct_ids, "min_denied_ids": cfg.min_denied_ids,
+                           "min_denied_share": cfg.min_denied_share,
+                           "min_sequential_run": cfg.min_sequential_run,
+                           "sequential_denied_share": cfg.sequential_denied_share},
+            "first_ts": window.accesses[0].ts.isoformat(),
+            "last_ts": window.accesses[-1].ts.isoformat(),
+            "sample_event_ids": denied_events,
+        }
+        if scope == "principal":
+            evidence["client_ip"] = trigger.client_ip
+        how = (f"{len(window.denied)} of {len(window.ids)} distinct ids refused (403/404)"
+               if rule == "denied_share" else
+               f"a run of {window.run} sequential ids with {len(window.denied)} of "
+               f"{len(window.ids)} refused")
+        return Detection(
+            detection_id=uuid.uuid5(_ID_NAMESPACE, f"{NAME}|{scope}|{value}|{trigger.event_id}").hex,
+            ts=now, detector=NAME, scope=scope, value=value,  # type: ignore[arg-type]
+            severity="high",
+            score=round(share / cfg.min_denied_share, 3),
+            summary=f"object-id enumeration on {trigger.method} {trigger.route} by {scope} {value}: "
+                    f"{how} within {cfg.window_s:g} s",
+            evidence=evidence, sample_event_ids=denied_events)
+
+    def _evict(self, now: datetime) -> None:
+        horizon = now - self._ttl
+        principals = self._principals
+        while principals:
+            who, state = next(iter(principals.items()))
+            if state.last_seen > horizon:
+                break
+            del principals[who]
+        quiet = self._quiet
+        while quiet:
+            who, until = next(iter(quiet.items()))
+            if until > now:
+                break
+            del quiet[who]

@@ -1,0 +1,17 @@
+"""The runnable examples in the detectors' docstrings run and give what they show."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = ["detectors.windows", "detectors.credential_stuffing", "detectors.bola", "detectors.latency",
+           "detectors.decision_policy"]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name: str) -> None:
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
