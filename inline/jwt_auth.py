@@ -202,6 +202,8 @@ class KeySet:
 
 def _fits(alg: str, kty: object, crv: object) -> bool:
     """True if algorithm ``alg`` can use a key of type ``kty`` (curve ``crv``) — RFC 7518 §3."""
+    if not isinstance(crv, (str, type(None))):
+        return False
     if alg in _RSA_ALGORITHMS:
         return kty == "RSA"
     if alg in _EC_CURVES:
@@ -223,7 +225,7 @@ def usable_key(jwk: object, algorithms: frozenset[str]) -> JwkEntry | None:
     if not isinstance(jwk, dict):
         return None
     kty = jwk.get("kty")
-    if kty not in _PUBLIC_MEMBERS or jwk.get("use", "sig") != "sig":
+    if not isinstance(kty, str) or kty not in _PUBLIC_MEMBERS or jwk.get("use", "sig") != "sig":
         return None
     ops = jwk.get("key_ops")
     if ops is not None and (not isinstance(ops, list) or "verify" not in ops):

@@ -93,8 +93,13 @@ def claims(issuer: str, **overrides: Any) -> dict:
 
 
 def sign(key: SigningKey, payload: dict, alg: str | None = None, **headers: Any) -> str:
-    """``payload`` signed by ``key`` with ``alg`` (default the key's), ``kid`` in the header."""
-    return jwt.encode(payload, key.private, algorithm=alg or key.alg, headers={"kid": key.kid, **headers})
+    """``payload`` signed by ``key`` with ``alg`` (default the key's), ``kid`` in the header.
+
+    Signs the JSON bytes as they are (PyJWS), so that tests can sign claims
+    PyJWT's encoder would refuse (a numeric ``iss``, an infinite ``exp``)."""
+    body = json.dumps(payload, separators=(",", ":")).encode()
+    return jwt.PyJWS().encode(body, key.private, algorithm=alg or key.alg,
+                              headers={"typ": "JWT", "kid": key.kid, **headers})
 
 
 def b64url(data: bytes) -> str:
