@@ -1,43 +1,88 @@
-"""Request-event shipping: one :class:`gatewatch.events.RequestEvent` per request, to Kafka.
+"""Request-event shipping: one :class:`gatewatch.events.RequestEvent` per request, to Kafka,
+without losing events while the broker is away.
 
 The event is built when the request is answered: in ``response()`` (which
 mitmproxy also calls for answers the gateway's addons made in
 ``request()``) or in ``error()`` when no response came (upstream down:
 status 502, ``answered_by="error"``; a request that never arrived whole:
 status 400, ``answered_by="bad_request"``). The event id is also sent to
-the client as ``X-Request-Id``.
+the client as ``X-Request-Id``. Messages are keyed by client IP, so every
+event of one client lands on one partition, in order.
 
-Hooks never wait on the broker: an event goes into a bounded
-``asyncio.Queue`` (``put_nowait``; when full the event is dropped and
-counted), and a background task started in ``running()`` drains the queue
-into an aiokafka producer (sends are not awaited one by one; delivery is
-counted by callbacks). While the broker is unreachable the task keeps
-retrying and the queue fills, then drops. Messages are keyed by client IP,
-so every event of one client lands on one partition and per-IP state in the
-workers lives in one place. ``done()`` waits for the queue to be sent,
-then stops the producer (which flushes), each within
-:data:`FLUSH_TIMEOUT_S`; what is left is counted as dropped.
+Path of an event (hooks never wait, never touch the disk)::
+
+    hook ──put_nowait──► bounded asyncio.Queue ──pump task──► producer (mode "direct")
+                                                    └────────► disk spool (mode "spool")
+    link task: connects the producer; in "spool" mode replays the spool in order
+               and switches to "direct" once it is empty
+
+- **direct**: the pump hands events to the aiokafka producer; delivery is
+  confirmed by callbacks (``sent``, send→ack latency histogram).
+- A failed delivery or send (broker gone; the producer gives up after
+  :data:`REQUEST_TIMEOUT_MS`) switches to **spool**: the pump stops taking
+  from the queue until every in-flight send has settled, writes the failed
+  events (in acceptance order) to the spool, then keeps writing the queue's
+  events behind them. So the spool holds events in the order they were
+  accepted.
+- The link task probes the broker (metadata request); when it answers it
+  replays the spool in batches of :data:`REPLAY_BATCH`, committing the
+  spool's cursor after each delivered batch (re-sending only the records of
+  a batch that failed), and switches back to **direct** when the spool is
+  empty — atomically with respect to the pump, so newer events never
+  overtake spooled ones.
+- The gateway starts in **spool** mode: events accepted before the producer
+  is up, and any spool left by the previous run (a restart, a crash), are
+  sent first.
+- ``done()`` lets in-flight sends settle (:data:`FLUSH_TIMEOUT_S`), then
+  writes the failed ones and whatever is still queued to the spool, so a
+  restart sends them.
+
+Nothing accepted is lost unless the queue is full (``dropped`` reason
+``queue_full``), the spool is full or unwritable (``spool_full``,
+``spool_error``) or there is no spool (``no_spool``: another process holds
+the directory) — each drop is counted. Delivery is at-least-once: a batch
+delivered but not acknowledged (the broker died in between), or a crash
+between delivery and the cursor commit, is sent again.
+
+Fail-open vs fail-closed (``gatewatch_events_fail_open``): when an event
+could not be recorded (queue and spool full), requests pass (open, the
+default; drops are counted) or are answered 503 before reaching the
+upstream (closed: every answered request is recorded).
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
-from dataclasses import dataclass
+import time
+from collections import Counter
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 
 from mitmproxy import ctx, exceptions, http
 
 from gatewatch.events import AnsweredBy, RequestEvent
 from gatewatch.settings import load_settings
 from inline import brokers
-from inline.flowstate import FlowFacts
+from inline.flowstate import FlowFacts, answered, get_facts, json_answer
 from inline.routes import ensure_facts
+from inline.spool import Spool, SpoolLocked
 
 logger = logging.getLogger(__name__)
 
-#: Longest wait of ``done()`` for the queue to drain, and again for the producer to flush, seconds.
+#: Longest wait of ``done()`` for everything to be delivered, and again for the producer
+#: to flush, seconds.
 FLUSH_TIMEOUT_S = 3.0
+#: Producer request timeout (ms): after this a send to an unreachable broker fails and the
+#: events go to the spool (aiokafka's default, 40 s, would hold them in memory that long).
+REQUEST_TIMEOUT_MS = 3000
+#: Events moved from the queue per pump step, and records per replay batch.
+PUMP_BATCH = 500
+REPLAY_BATCH = 500
+#: Longest wait of the broker probe (metadata request), seconds.
+PROBE_TIMEOUT_S = 2.0
 #: Text fields are cut to these many characters (events stay small and bounded).
 MAX_PATH = 4096
 MAX_USER_AGENT = 512
@@ -94,34 +139,83 @@ def build_event(flow: http.HTTPFlow, facts: FlowFacts, status: int, answered_by:
     )
 
 
+#: Upper bounds (seconds) of the broker send-latency histogram buckets.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+@dataclass
+class LatencyHistogram:
+    """Send → acknowledgement latencies in seconds, bucketed as Prometheus histograms are."""
+
+    bounds: tuple[float, ...] = LATENCY_BUCKETS
+    counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    sum: float = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, seconds)] += 1
+        self.sum += seconds
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        """``[(upper bound, cumulative count), ..., ("+Inf", total)]``."""
+        out, total = [], 0
+        for bound, count in zip((*map(str, self.bounds), "+Inf"), self.counts):
+            total += count
+            out.append((bound, total))
+        return out
+
+
 @dataclass(frozen=True)
 class ShipSpec:
-    """Parsed options of the event shipper."""
+    """Parsed options of the event shipper (sizes in bytes)."""
 
     bootstrap_servers: str
     topic: str
     queue_max: int
+    spool_dir: Path
+    spool_max_bytes: int
+    spool_segment_bytes: int
+    fail_open: bool = True
 
 
 @dataclass
 class ShipperStats:
-    """Counters for metrics: events ``queued``, ``sent`` (acknowledged),
-    ``failed`` (send or delivery failed), ``dropped`` (queue full, not
-    running, or left over at shutdown), producer start failures
-    (``reconnects``)."""
+    """Counters for metrics: events ``queued`` (accepted), ``sent`` (acknowledged),
+    ``failed`` (send attempts that failed; the events were kept), ``spooled``
+    (written to disk), ``dropped`` (lost, total; by reason in ``drops``),
+    producer start/probe failures (``reconnects``), send latency."""
 
     queued: int = 0
     sent: int = 0
     failed: int = 0
+    spooled: int = 0
     dropped: int = 0
     reconnects: int = 0
+    refused: int = 0
+    drops: Counter[str] = field(default_factory=Counter)
+    latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+
+    def drop(self, reason: str, n: int = 1) -> None:
+        """Count ``n`` lost events for ``reason``."""
+        if n > 0:
+            self.dropped += n
+            self.drops[reason] += n
+
+    def dropped_by_reason(self) -> dict[str, int]:
+        return dict(self.drops)
+
+
+#: One event on its way: (acceptance sequence number, key, value).
+Record = tuple[int, bytes, bytes]
 
 
 class EventShipper:
-    """Addon: builds one request event per request and ships it to Kafka in the background.
+    """Addon: builds one request event per request and ships it to Kafka in the background,
+    through a disk spool while the broker is away (see the module docstring).
 
     Options: ``gatewatch_bootstrap_servers``, ``gatewatch_topic_requests``,
-    ``gatewatch_event_queue_max``. Must be the last addon, so that every
+    ``gatewatch_event_queue_max``, ``gatewatch_spool_dir``,
+    ``gatewatch_spool_max_bytes``, ``gatewatch_spool_segment_bytes``,
+    ``gatewatch_events_fail_open``. Must be the last addon, so that every
     other addon has recorded its facts when ``response()`` runs.
     """
 
@@ -129,7 +223,19 @@ class EventShipper:
         self.spec: ShipSpec | None = None
         self.stats = ShipperStats()
         self.queue: asyncio.Queue[RequestEvent] | None = None
-        self._task: asyncio.Task | None = None
+        self.spool: Spool | None = None
+        self.mode = "spool"
+        self.producer = None
+        self._seq = 0
+        self._inflight = 0
+        self._settled = asyncio.Event()
+        self._failed: list[Record] = []
+        self._held: list[Record] = []
+        self._replay_pending: tuple[list[tuple[bytes, bytes]], object] | None = None
+        self._spool_wanted = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+
+    # --- options and life cycle ---------------------------------------------------------
 
     def load(self, loader) -> None:
         s = load_settings()
@@ -137,10 +243,21 @@ class EventShipper:
         loader.add_option("gatewatch_topic_requests", str, s.topic_requests,
                           "Topic the gateway writes request events to.")
         loader.add_option("gatewatch_event_queue_max", int, s.event_queue_max,
-                          "Events waiting for the broker at most; more are dropped and counted.")
+                          "Events waiting in memory at most; more are dropped and counted.")
+        loader.add_option("gatewatch_spool_dir", str, str(s.spool_dir),
+                          "Directory of the on-disk event spool (one gateway process per directory).")
+        loader.add_option("gatewatch_spool_max_bytes", int, s.spool_max_bytes,
+                          "Most bytes of events waiting on disk; more are dropped and counted.")
+        loader.add_option("gatewatch_spool_segment_bytes", int, s.spool_segment_bytes,
+                          "Size of one spool segment file, bytes.")
+        loader.add_option("gatewatch_events_fail_open", bool, s.events_fail_open,
+                          "When events cannot be recorded: pass requests (true) or answer 503 (false).")
 
     def configure(self, updated: set[str]) -> None:
-        if not updated & {"gatewatch_bootstrap_servers", "gatewatch_topic_requests", "gatewatch_event_queue_max"}:
+        names = {"gatewatch_bootstrap_servers", "gatewatch_topic_requests", "gatewatch_event_queue_max",
+                 "gatewatch_spool_dir", "gatewatch_spool_max_bytes", "gatewatch_spool_segment_bytes",
+                 "gatewatch_events_fail_open"}
+        if not updated & names:
             return
         o = ctx.options
         if not o.gatewatch_bootstrap_servers.strip():
@@ -149,33 +266,88 @@ class EventShipper:
             raise exceptions.OptionsError("gatewatch_topic_requests must not be empty")
         if o.gatewatch_event_queue_max < 1:
             raise exceptions.OptionsError("gatewatch_event_queue_max must be >= 1")
-        if self._task is not None and self.spec is not None:
+        if o.gatewatch_spool_max_bytes < 1 or o.gatewatch_spool_segment_bytes < 1:
+            raise exceptions.OptionsError("spool sizes must be >= 1")
+        if not o.gatewatch_spool_dir.strip():
+            raise exceptions.OptionsError("gatewatch_spool_dir must not be empty")
+        if self._tasks and self.spec is not None:
             raise exceptions.OptionsError("event shipping options cannot change while running")
         self.spec = ShipSpec(o.gatewatch_bootstrap_servers.strip(), o.gatewatch_topic_requests.strip(),
-                             o.gatewatch_event_queue_max)
+                             o.gatewatch_event_queue_max, Path(o.gatewatch_spool_dir.strip()),
+                             o.gatewatch_spool_max_bytes, o.gatewatch_spool_segment_bytes,
+                             o.gatewatch_events_fail_open)
 
     def running(self) -> None:
         brokers.quiet_aiokafka_errors()
-        if self._task is None and self.spec is not None:
-            self.queue = asyncio.Queue(maxsize=self.spec.queue_max)
-            self._task = asyncio.create_task(self._ship(self.spec, self.queue), name="gatewatch event shipper")
+        if self._tasks or self.spec is None:
+            return
+        spec = self.spec
+        try:
+            self.spool = Spool(spec.spool_dir, spec.spool_max_bytes, spec.spool_segment_bytes)
+        except (SpoolLocked, OSError) as exc:
+            # Warning, not error: see inline/brokers.py (mitmdump start-up quirk).
+            logger.warning("event spool unavailable (%s); events are dropped while the broker is away", exc)
+            self.spool = None
+        if self.spool is not None and not self.spool.empty:
+            logger.warning("event spool holds %d bytes from a previous run; sending them first",
+                           self.spool.pending_bytes)
+        self.queue = asyncio.Queue(maxsize=spec.queue_max)
+        self.mode = "spool"
+        self._settled.set()
+        self._tasks = [asyncio.create_task(self._pump(spec, self.queue), name="gatewatch event pump"),
+                       asyncio.create_task(self._link(spec), name="gatewatch event link")]
+
+    def drained(self) -> bool:
+        """True when every accepted event has been acknowledged (nothing queued, held,
+        in flight, failed or spooled)."""
+        return (self.mode == "direct" and self._inflight == 0 and not self._held and not self._failed
+                and (self.queue is None or self.queue.empty())
+                and (self.spool is None or self.spool.empty))
 
     async def done(self) -> None:
-        if self._task is None or self.queue is None:
+        if not self._tasks or self.queue is None:
             return
-        # Let the shipper send what is queued (it may still be connecting), then
-        # stop it: the producer's stop() flushes its batches. Both bounded.
-        try:
-            await asyncio.wait_for(self.queue.join(), FLUSH_TIMEOUT_S)
-        except asyncio.TimeoutError:
-            logger.warning("%d request events not sent at shutdown", self.queue.qsize())
-        self._task.cancel()
-        try:
-            await asyncio.wait_for(self._task, FLUSH_TIMEOUT_S)
-        except (asyncio.CancelledError, asyncio.TimeoutError):
-            pass
-        self.stats.dropped += self.queue.qsize()
-        self._task, self.queue = None, None
+        # Give the background tasks up to FLUSH_TIMEOUT_S to deliver everything
+        # (quick when the broker is up); what is left goes to the spool below.
+        deadline = time.monotonic() + FLUSH_TIMEOUT_S
+        while not self.drained() and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await asyncio.wait_for(task, FLUSH_TIMEOUT_S)
+            except (asyncio.CancelledError, asyncio.TimeoutError):
+                pass
+        self._tasks = []
+        if self.producer is not None:
+            try:   # stop() flushes: in-flight sends are delivered or fail into self._failed
+                await asyncio.wait_for(self.producer.stop(), FLUSH_TIMEOUT_S)
+            except Exception as exc:
+                logger.warning("closing event producer: %s: %s", type(exc).__name__, exc)
+            self.producer = None
+        await asyncio.sleep(0)   # let the delivery callbacks run
+        held, self._held = self._held, []
+        leftover = self._take_failed() + held + [self._record(e) for e in self._drain_queue()]
+        if leftover:
+            self._to_spool(leftover, reason_if_no_spool="shutdown")
+            logger.warning("%d request events not sent at shutdown; kept in the spool: %d",
+                           len(leftover), self.stats.spooled)
+        if self.spool is not None:
+            self.spool.close()
+            self.spool = None
+        self.queue = None
+
+    # --- hooks ----------------------------------------------------------------------------
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        """Fail-closed only: refuse a request whose event could not be recorded."""
+        if self.spec is None or self.spec.fail_open or answered(flow) or get_facts(flow) is None:
+            return
+        if self.queue is None or (self.queue.full() and (self.spool is None or self.spool.full(4096))):
+            self.stats.refused += 1
+            json_answer(flow, 503, {"error": "unavailable", "detail": "request log unavailable"},
+                        "error", {"Retry-After": "1"})
 
     def response(self, flow: http.HTTPFlow) -> None:
         facts = ensure_facts(flow)
@@ -199,67 +371,195 @@ class EventShipper:
         facts.shipped = True
         event = build_event(flow, facts, status, answered_by)
         if self.queue is None:
-            self.stats.dropped += 1
+            self.stats.drop("not_running")
             return
         try:
             self.queue.put_nowait(event)
         except asyncio.QueueFull:
-            self.stats.dropped += 1
+            self.stats.drop("queue_full")
         else:
             self.stats.queued += 1
 
-    def _delivered(self, fut: asyncio.Future) -> None:
-        if fut.cancelled() or fut.exception() is not None:
-            self.stats.failed += 1
-        else:
-            self.stats.sent += 1
+    # --- for metrics ----------------------------------------------------------------------
 
-    async def _send(self, producer, topic: str, event: RequestEvent) -> None:
-        try:
-            fut = await producer.send(topic, value=event.to_json(), key=event.client_ip.encode())
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # e.g. a record too large or a send timeout: count, go on
-            self.stats.failed += 1
-            logger.warning("request event %s not sent: %s: %s", event.event_id, type(exc).__name__, exc)
-        else:
-            fut.add_done_callback(self._delivered)
+    def queue_depth(self) -> int:
+        """Events waiting in memory."""
+        return self.queue.qsize() if self.queue is not None else 0
 
-    async def _ship(self, spec: ShipSpec, queue: asyncio.Queue[RequestEvent]) -> None:
-        """Start a producer (retrying while the broker is away), then drain ``queue`` into it
-        until cancelled; stopping the producer flushes what it still holds."""
-        producer = await self._start_producer(spec)
+    def spool_bytes(self) -> int:
+        """Bytes of events waiting on disk."""
+        return self.spool.pending_bytes if self.spool is not None else 0
+
+    # --- background -----------------------------------------------------------------------
+
+    def _record(self, event: RequestEvent) -> Record:
+        self._seq += 1
+        return self._seq, event.client_ip.encode(), event.to_json()
+
+    def _drain_queue(self, limit: int | None = None) -> list[RequestEvent]:
+        out: list[RequestEvent] = []
+        if self.queue is None:
+            return out
+        while not self.queue.empty() and (limit is None or len(out) < limit):
+            out.append(self.queue.get_nowait())
+            self.queue.task_done()
+        return out
+
+    def _take_failed(self) -> list[Record]:
+        failed, self._failed = sorted(self._failed), []
+        return failed
+
+    def _to_spool(self, records: list[Record], reason_if_no_spool: str = "no_spool") -> None:
+        """Append ``records`` (in order) to the spool, counting what it cannot hold."""
+        if not records:
+            return
+        if self.spool is None:
+            self.stats.drop(reason_if_no_spool, len(records))
+            return
         try:
-            while True:
-                event = await queue.get()
+            written = self.spool.append((key, value) for _, key, value in records)
+        except (OSError, ValueError) as exc:
+            logger.warning("event spool write failed: %s: %s", type(exc).__name__, exc)
+            self.stats.drop("spool_error", len(records))
+            return
+        self.stats.spooled += written
+        self.stats.drop("spool_full", len(records) - written)
+
+    def _enter_spool_mode(self) -> None:
+        if self.mode != "spool":
+            self.mode = "spool"
+            self._spool_wanted.set()
+
+    async def _pump(self, spec: ShipSpec, queue: asyncio.Queue[RequestEvent]) -> None:
+        """Move events from the queue to the producer (direct mode) or the spool, in order.
+
+        The pump is the only writer of new events to the spool. In spool mode it
+        first waits until every in-flight send has settled, so that the events
+        whose delivery failed (older) are spooled before the ones it holds."""
+        while True:
+            first = await queue.get()
+            queue.task_done()
+            self._held = [self._record(e) for e in (first, *self._drain_queue(PUMP_BATCH - 1))]
+            while self._held and self.mode == "direct" and self.producer is not None:
+                seq, key, value = self._held[0]
                 try:
-                    await self._send(producer, spec.topic, event)
-                finally:
-                    queue.task_done()
-        finally:
-            try:
-                await producer.stop()
-            except Exception as exc:
-                logger.warning("closing event producer: %s: %s", type(exc).__name__, exc)
+                    fut = await self.producer.send(spec.topic, value=value, key=key)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # broker gone / metadata timeout: keep the event
+                    self.stats.failed += 1
+                    logger.warning("request event not sent (%s: %s); spooling", type(exc).__name__, exc)
+                    self._failed.append(self._held.pop(0))
+                    self._enter_spool_mode()
+                    break
+                self._track(fut, self._held.pop(0))
+            if self._held:
+                await self._settled.wait()
+                held, self._held = self._held, []
+                self._to_spool(self._take_failed() + held)
 
-    async def _start_producer(self, spec: ShipSpec):
-        from aiokafka import AIOKafkaProducer
+    def _track(self, fut: asyncio.Future, record: Record) -> None:
+        self._inflight += 1
+        self._settled.clear()
+        started = time.monotonic()
 
+        def delivered(f: asyncio.Future) -> None:
+            self._inflight -= 1
+            if f.cancelled() or f.exception() is not None:
+                self.stats.failed += 1
+                self._failed.append(record)
+                self._enter_spool_mode()
+            else:
+                self.stats.sent += 1
+                self.stats.latency.observe(time.monotonic() - started)
+            if self._inflight == 0:
+                self._settled.set()
+        fut.add_done_callback(delivered)
+
+    async def _link(self, spec: ShipSpec) -> None:
+        """Keep a producer; in spool mode replay the spool once the broker answers, then go direct."""
         delays = brokers.backoff()
         while True:
-            producer = AIOKafkaProducer(bootstrap_servers=spec.bootstrap_servers, linger_ms=5,
-                                        acks=1, enable_idempotence=False,
-                                        client_id="gatewatch-gateway-events")
             try:
-                await producer.start()
-                return producer
+                if self.producer is None:
+                    self.producer = await self._start_producer(spec)
+                if self.mode == "spool":
+                    await self._settled.wait()
+                    if self._failed:   # to disk now: older than anything the pump holds
+                        self._to_spool(self._take_failed())
+                    await self._probe()
+                    await self._replay(spec)
+                    delays = brokers.backoff()
+                if self.mode == "direct":
+                    await self._spool_wanted.wait()
+                    self._spool_wanted.clear()
             except asyncio.CancelledError:
-                await producer.stop()
                 raise
-            except Exception as exc:
+            except Exception as exc:  # the broker is away: retry with back-off
                 self.stats.reconnects += 1
                 # Warning, not error: see inline/brokers.py (mitmdump start-up quirk).
                 logger.warning("event producer for %s unavailable (%s: %s); retrying",
                                spec.bootstrap_servers, type(exc).__name__, exc)
-                await producer.stop()
-            await asyncio.sleep(next(delays))
+                await asyncio.sleep(next(delays))
+
+    async def _probe(self) -> None:
+        """Raise ``ConnectionError`` unless the broker answers a metadata request."""
+        ok = await asyncio.wait_for(self.producer.client.force_metadata_update(), PROBE_TIMEOUT_S)
+        if not ok:
+            raise ConnectionError("broker did not answer a metadata request")
+
+    async def _replay(self, spec: ShipSpec) -> None:
+        """Send the spool in order, batch by batch; switch to direct mode once nothing
+        older than the queue's events is left (spool empty, no failed or held events).
+
+        A batch is committed (cursor moved) once every record of it is delivered;
+        when some fail, only those are re-sent on the next attempt. Raises when a
+        batch cannot be delivered (the caller probes and retries later)."""
+        while True:
+            if self._failed and self._settled.is_set():
+                self._to_spool(self._take_failed())   # older than anything the pump holds
+            if self.spool is None:
+                if not self._held and not self._failed:
+                    self.mode = "direct"
+                    return
+                await asyncio.sleep(0.05)
+                continue
+            if self._replay_pending is None:
+                records, pos = self.spool.read(REPLAY_BATCH)
+                if not records:
+                    self.spool.commit(pos)
+                    if self._held or self._failed or not self._settled.is_set():
+                        await asyncio.sleep(0.01)   # the pump is about to spool older events
+                        continue
+                    self.mode = "direct"   # no await since the checks: the pump goes direct from now on
+                    logger.info("event spool empty; sending directly")
+                    return
+                self._replay_pending = (records, pos)
+            pending, pos = self._replay_pending
+            started = time.monotonic()
+            futures = [await self.producer.send(spec.topic, value=value, key=key) for key, value in pending]
+            results = await asyncio.gather(*futures, return_exceptions=True)
+            elapsed = time.monotonic() - started
+            failed = [rec for rec, res in zip(pending, results) if isinstance(res, BaseException)]
+            self.stats.sent += len(pending) - len(failed)
+            for _ in range(len(pending) - len(failed)):
+                self.stats.latency.observe(elapsed)
+            if failed:
+                self.stats.failed += len(failed)
+                self._replay_pending = (failed, pos)
+                raise ConnectionError(f"{len(failed)} of {len(pending)} spooled events not delivered")
+            self._replay_pending = None
+            self.spool.commit(pos)
+
+    async def _start_producer(self, spec: ShipSpec):
+        from aiokafka import AIOKafkaProducer
+
+        producer = AIOKafkaProducer(bootstrap_servers=spec.bootstrap_servers, linger_ms=5,
+                                    acks=1, enable_idempotence=False, request_timeout_ms=REQUEST_TIMEOUT_MS,
+                                    client_id="gatewatch-gateway-events")
+        try:
+            await producer.start()
+        except BaseException:
+            await producer.stop()
+            raise
+        return producer

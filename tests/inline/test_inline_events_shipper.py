@@ -15,7 +15,7 @@ from gatewatch.events import parse_request_event
 from gatewatch.keys import add_key
 from inline.authentication import Authentication
 from inline.enforcement import Enforcement
-from inline.events_shipper import EventShipper, build_event, error_status
+from inline.events_shipper import EventShipper, ShipperStats, build_event, error_status
 from inline.flowstate import get_facts
 from inline.login import Login, username_hash
 from inline.ratelimit import RateLimit
@@ -134,7 +134,8 @@ def test_ships_to_a_real_broker_and_flushes_on_done(settings):
         routes, shipper = Routes(), EventShipper()
         with taddons.context(routes, shipper) as tctx:
             tctx.configure(shipper, gatewatch_bootstrap_servers=settings.bootstrap_servers,
-                           gatewatch_topic_requests=settings.topic_requests)
+                           gatewatch_topic_requests=settings.topic_requests,
+                           gatewatch_spool_dir=str(settings.chdb_path.parent / "spool"))
             shipper.running()
             flows = [await run_flow(tctx, [routes, shipper], make_flow(f"/items/{i}", peer=f"10.0.0.{i % 3}"))
                      for i in range(30)]
@@ -164,3 +165,148 @@ def test_ships_to_a_real_broker_and_flushes_on_done(settings):
     assert set(got) == want
     assert all(len(parts) == 1 for parts in partitions_by_ip.values())   # keyed by client IP
     assert {e.route for e in got.values()} == {"/items/{id}"}
+
+
+# --- broker outage, spool, restart ------------------------------------------------------
+
+async def until(condition, timeout_s: float = 20.0) -> bool:
+    """Poll ``condition`` every 50 ms for at most ``timeout_s``; its last value."""
+    deadline = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    return condition()
+
+
+def topic_events(bootstrap: str, topic: str, want: int) -> list[tuple[int, int, str]]:
+    """``(partition, offset, path)`` of request events on ``topic``, read until ``want`` or 10 s."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    out = []
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        deadline = time.monotonic() + 10
+        while len(out) < want and time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=200).values():
+                out.extend((r.partition, r.offset, parse_request_event(r.value).path) for r in records)
+    finally:
+        consumer.close()
+    return out
+
+
+def shipper_options(bootstrap: str, topic: str, spool: Path, **kw) -> dict:
+    return dict(gatewatch_bootstrap_servers=bootstrap, gatewatch_topic_requests=topic,
+                gatewatch_spool_dir=str(spool), **kw)
+
+
+def test_broker_outage_spools_then_sends_everything_once_in_order(tmp_path):
+    """Kill the broker, keep accepting events (they go to the disk spool), restart an
+    empty broker on the same port (topics re-created): every event accepted during and
+    after the outage reaches the new broker's topic exactly once, in acceptance order
+    within each partition (events are keyed by client IP)."""
+    from gatewatch.broker import create_topics, start_tansu
+    from gatewatch.netutil import free_port, wait_for_port
+    from gatewatch.settings import load_settings
+
+    port = free_port()
+    s = load_settings(bootstrap_servers=f"127.0.0.1:{port}")
+    broker = start_tansu("127.0.0.1", port, tmp_path / "tansu-1.log")
+
+    async def go():
+        nonlocal broker
+        wait_for_port("127.0.0.1", port, 10)
+        create_topics(s)
+        routes, shipper = Routes(), EventShipper()
+        with taddons.context(routes, shipper) as tctx:
+            tctx.configure(shipper, **shipper_options(s.bootstrap_servers, s.topic_requests, tmp_path / "spool"))
+            shipper.running()
+
+            async def send(first: int, n: int) -> None:
+                for i in range(first, first + n):
+                    await run_flow(tctx, [routes, shipper], make_flow(f"/items/{i}", peer=f"10.0.0.{i % 3}"))
+            await send(0, 20)
+            assert await until(lambda: shipper.stats.sent == 20)
+            broker.kill()
+            broker.wait()
+            await send(20, 30)                                 # accepted during the outage
+            assert await until(lambda: shipper.stats.spooled >= 30 and shipper.spool_bytes() > 0), (shipper.stats, shipper.mode, shipper._inflight, len(shipper._held), len(shipper._failed), shipper.queue.qsize())
+            assert shipper.stats.sent == 20
+            broker = start_tansu("127.0.0.1", port, tmp_path / "tansu-2.log")   # empty: in-memory storage
+            wait_for_port("127.0.0.1", port, 10)
+            create_topics(s)
+            await send(50, 10)
+            assert await until(shipper.drained, 30)
+            await send(60, 5)                                  # direct again
+            await shipper.done()
+        return shipper.stats
+    try:
+        stats = asyncio.run(go())
+        got = topic_events(s.bootstrap_servers, s.topic_requests, 45)
+    finally:
+        broker.kill()
+        broker.wait()
+    paths = [p for _, _, p in got]
+    assert sorted(paths, key=lambda p: int(p.rsplit("/", 1)[1])) == [f"/items/{i}" for i in range(20, 65)]
+    assert len(paths) == len(set(paths))                        # exactly once
+    for partition in {p for p, _, _ in got}:                    # acceptance order per partition
+        numbers = [int(path.rsplit("/", 1)[1]) for p, _, path in sorted(got) if p == partition]
+        assert numbers == sorted(numbers)
+    assert stats.dropped == 0 and stats.sent == 65
+
+
+def test_spool_survives_a_restart_and_is_sent_first(tmp_path, settings):
+    """Events accepted while the broker is unreachable are kept on disk at shutdown;
+    the next gateway run sends them, before its own events."""
+    from gatewatch.netutil import free_port
+
+    spool = tmp_path / "spool"
+
+    async def run(bootstrap: str, first: int, n: int) -> ShipperStats:
+        routes, shipper = Routes(), EventShipper()
+        with taddons.context(routes, shipper) as tctx:
+            tctx.configure(shipper, **shipper_options(bootstrap, settings.topic_requests, spool))
+            shipper.running()
+            for i in range(first, first + n):
+                await run_flow(tctx, [routes, shipper], make_flow(f"/items/{i}", peer="10.0.0.9"))
+            await shipper.done()
+        return shipper.stats
+
+    async def both() -> tuple[ShipperStats, ShipperStats]:   # one loop: mitmproxy's log handler keeps it
+        return await run(f"127.0.0.1:{free_port()}", 0, 12), await run(settings.bootstrap_servers, 12, 3)
+    down, up = asyncio.run(both())
+    assert (down.sent, down.dropped) == (0, 0) and down.spooled == 12
+    assert up.sent == 15 and up.dropped == 0
+    got = topic_events(settings.bootstrap_servers, settings.topic_requests, 15)
+    assert [p for _, _, p in sorted(got)] == [f"/items/{i}" for i in range(15)]   # one partition: one order
+
+
+def test_full_spool_drops_and_counts_every_event(tmp_path):
+    from gatewatch.netutil import free_port
+
+    async def go():
+        routes, shipper = Routes(), EventShipper()
+        with taddons.context(routes, shipper) as tctx:
+            tctx.configure(shipper, **shipper_options(f"127.0.0.1:{free_port()}", "t", tmp_path / "spool",
+                                                      gatewatch_spool_max_bytes=3000))
+            shipper.running()
+            for i in range(20):
+                await run_flow(tctx, [routes, shipper], make_flow(f"/items/{i}"))
+            await until(lambda: shipper.stats.spooled + shipper.stats.dropped == 20, 5)
+            await shipper.done()
+        return shipper.stats
+    stats = asyncio.run(go())
+    assert stats.spooled > 0 and stats.drops["spool_full"] > 0
+    assert stats.spooled + stats.dropped == 20 and stats.sent == 0
+
+
+def test_fail_closed_refuses_when_events_cannot_be_recorded(tmp_path):
+    async def go():
+        routes, shipper = Routes(), EventShipper()
+        with taddons.context(routes, shipper) as tctx:
+            tctx.configure(shipper, gatewatch_events_fail_open=False, gatewatch_spool_dir=str(tmp_path))
+            refused = await run_flow(tctx, [routes, shipper], make_flow())   # not running: nowhere to record
+            shipper.queue = asyncio.Queue(maxsize=10)
+            passed = await run_flow(tctx, [routes, shipper], make_flow())
+        return refused, passed
+    refused, passed = asyncio.run(go())
+    assert refused.response.status_code == 503 and passed.response.status_code == 200
