@@ -146,6 +146,17 @@ QUERIES: dict[str, NamedQuery] = {
             LIMIT {limit:UInt32}
         """,
     ),
+    "detection_counts": NamedQuery(
+        columns=("detector", "scope", "detections", "last_ts"),
+        description=("Detections per detector and scope (deduplicated by detection_id). "
+                     "Columns: detector, scope, detections, last_ts."),
+        sql="""
+            SELECT detector, scope, uniqExact(detection_id) AS detections, max(ts) AS last_ts
+            FROM detections FINAL
+            GROUP BY detector, scope
+            ORDER BY detector, scope
+        """,
+    ),
     "recent_detections": NamedQuery(
         columns=("detection_id", "ts", "detector", "scope", "value", "severity", "score", "summary",
                  "evidence", "sample_event_ids"),

@@ -25,7 +25,7 @@ T = TypeVar("T")
 REQUEST_COLUMNS = (
     "v", "event_id", "ts", "client_ip", "method", "host", "path", "route", "status",
     "latency_ms", "bytes_in", "bytes_out", "principal", "auth", "answered_by",
-    "user_agent", "login", "username_hash", "decision_id",
+    "user_agent", "login", "username_hash", "decision_id", "asn", "country",
 )
 DETECTION_COLUMNS = (
     "v", "detection_id", "ts", "detector", "scope", "value", "severity", "score",
@@ -38,6 +38,7 @@ DECISION_COLUMNS = (
 
 _UINT8 = 255
 _UINT16 = 65_535
+_UINT32 = 2**32 - 1
 _UINT64 = 2**64 - 1
 
 
@@ -80,6 +81,7 @@ def request_row(event: RequestEvent) -> list[Any]:
         _uint(event.bytes_in, _UINT64, "bytes_in"), _uint(event.bytes_out, _UINT64, "bytes_out"),
         event.principal, event.auth, event.answered_by, event.user_agent, event.login,
         event.username_hash, event.decision_id,
+        None if event.asn is None else _uint(event.asn, _UINT32, "asn"), event.country,
     ]
 
 

@@ -51,9 +51,12 @@ class Gateway:
 def gateway_settings(settings: GatewatchSettings, upstream: str, **overrides) -> GatewatchSettings:
     """``settings`` for a gateway on a free port in front of ``upstream``; rate limits
     high enough that polling loops never meet them, unless overridden."""
+    port = free_port()
     return settings.model_copy(update={
-        "listen_port": free_port(),
+        "listen_port": port,
         "upstream": upstream,
+        "spool_dir": settings.chdb_path.parent / f"spool-{port}",   # one spool per gateway process
+        "admin_port": 0,                                          # metrics off unless a test wants them
         "ip_rate_limit": RateLimit(rate_per_s=1000.0, burst=1000),
         "principal_rate_limit": RateLimit(rate_per_s=1000.0, burst=1000),
         **overrides,
@@ -332,6 +335,7 @@ def test_gateway_serves_while_the_broker_is_unreachable(tmp_path: Path):
     raw_key = add_key(keys, "key_alice", "alice")
     with upstream_server() as upstream:
         s = load_settings(bootstrap_servers=f"127.0.0.1:{free_port()}", keys_file=keys,
+                          spool_dir=tmp_path / "spool", admin_port=0,
                           listen_port=free_port(), upstream=upstream)
         with mitmdump(s, tmp_path / "mitmdump.log") as proc:
             with httpx.Client(base_url=f"http://127.0.0.1:{s.listen_port}", timeout=5) as client:
@@ -355,3 +359,73 @@ def test_decisions_published_before_start_are_enforced(settings: GatewatchSettin
         response = wait_for_status(lambda: banned.get("/health"), 403)
         assert response.status_code == 403 and response.json()["decision_id"] == old.id
         assert free.get("/health").status_code == 200
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The real mitmdump's /metrics as {(sample name, sorted labels): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_client_identity_lists_and_metrics(start_gateway: Callable[..., Gateway]):
+    """Trusted proxies, allow/deny lists, decisions and rate limits in a real mitmdump,
+    seen through its Prometheus admin port.
+
+    127.0.0.2 is the trusted proxy: its X-Forwarded-For names the client. The same
+    header from an untrusted peer (127.0.0.3) changes nothing. 127.0.0.4 is
+    allow-listed: a ban on it and a tight rate limit do not apply."""
+    admin = free_port()
+    gateway = start_gateway(trusted_proxies=["127.0.0.2/32"], deny_list=["203.0.113.0/24"],
+                            allow_list=["127.0.0.4"], admin_port=admin,
+                            ip_rate_limit=RateLimit(rate_per_s=0.1, burst=3))
+    s, key = gateway.settings, {"X-API-Key": gateway.alice}
+    ban = decision("ip", "127.0.0.4")
+    publish(s, ban.key().encode(), ban.to_json())
+    ban_other = decision("ip", "198.51.100.20")
+    publish(s, ban_other.key().encode(), ban_other.to_json())
+
+    with gateway.client("127.0.0.2") as proxy, gateway.client("127.0.0.3") as spoofer, \
+            gateway.client("127.0.0.4") as friend:
+        denied = proxy.get("/users/1", headers={**key, "X-Forwarded-For": "6.6.6.6, 203.0.113.5"})
+        assert denied.status_code == 403 and denied.json()["scope"] == "deny_list"
+        banned = wait_for_status(lambda: proxy.get("/users/2", headers={**key, "X-Forwarded-For": "198.51.100.20"}),
+                                 403)
+        assert banned.json()["decision_id"] == ban_other.id            # ban on the forwarded client
+        via_proxy = proxy.get("/users/3", headers={**key, "X-Forwarded-For": "198.51.100.21"})
+        assert via_proxy.status_code == 200
+        spoofed = spoofer.get("/users/4", headers={**key, "X-Forwarded-For": "203.0.113.5"})
+        assert spoofed.status_code == 200                             # untrusted peer: header ignored
+        assert [friend.get("/users/5", headers=key).status_code for _ in range(6)] == [200] * 6
+        assert spoofer.get("/users/6").status_code == 401
+        limited = [spoofer.get("/users/7", headers=key).status_code for _ in range(4)]
+        assert limited[-1] == 429
+
+    ids = {r.headers["X-Request-Id"]: r for r in (via_proxy, spoofed, denied)}
+    events, _ = request_events(s, set(ids))
+    assert events[via_proxy.headers["X-Request-Id"]].client_ip == "198.51.100.21"
+    assert events[spoofed.headers["X-Request-Id"]].client_ip == "127.0.0.3"
+    assert events[denied.headers["X-Request-Id"]].client_ip == "203.0.113.5"
+
+    def value(name: str, **labels: str) -> float:
+        return metrics.get((name, tuple(sorted(labels.items()))), 0.0)
+    deadline = time.monotonic() + POLL_S
+    while True:   # events are acknowledged asynchronously
+        metrics = scrape(admin)
+        if value("gatewatch_events_sent_total") >= 15 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert value("gatewatch_requests_total", route="/users/{id}", status="200") >= 9
+    assert value("gatewatch_requests_total", route="/users/{id}", status="403") == 2
+    assert value("gatewatch_requests_total", route="/users/{id}", status="401") == 1
+    assert value("gatewatch_auth_failures_total", reason="missing") == 1
+    assert value("gatewatch_rate_limited_total", scope="ip") >= 1
+    assert value("gatewatch_blocked_total", scope="deny_list") == 1
+    assert value("gatewatch_blocked_total", scope="ip") == 1
+    assert value("gatewatch_decisions_active") == 2
+    assert value("gatewatch_events_sent_total") >= 15
+    assert value("gatewatch_broker_send_latency_seconds_count") == value("gatewatch_events_sent_total")
+    assert value("gatewatch_event_queue_depth") == 0 and value("gatewatch_events_dropped_total") == 0
+    assert ("gatewatch_spool_bytes", ()) in metrics

@@ -74,3 +74,30 @@ def test_server_url_that_does_not_answer_is_a_storage_error(store_settings: Gate
     settings = store_settings.model_copy(update={"clickhouse_url": f"http://127.0.0.1:{free_port()}"})
     with pytest.raises(StorageError):
         get_client(settings)
+
+
+def test_asn_country_migration_keeps_rows_written_before(store_settings: GatewatchSettings) -> None:
+    """A store migrated up to 003 holding requests, then migrated to the end: the old rows
+    read NULL in the new columns, and new rows carry them."""
+    from datetime import datetime, timezone
+
+    from storage.migrations import SCHEMA_MIGRATIONS_DDL
+
+    client = get_client(store_settings)
+    try:
+        client.command(SCHEMA_MIGRATIONS_DDL)
+        for migration in load_migrations():
+            if migration.version > 3:
+                break
+            for statement in migration.statements:
+                client.command(statement)
+            client.insert("schema_migrations", [[migration.version, migration.name]],
+                          column_names=["version", "name"])
+        ts = datetime(2025, 3, 1, tzinfo=timezone.utc)
+        client.insert("requests", [["old", ts, "::ffff:10.0.0.1", "GET", "h", "/", "/", 200]],
+                      column_names=["event_id", "ts", "client_ip", "method", "host", "path", "route", "status"])
+        assert migrate(client) == [f"{m.version:03d}_{m.name}" for m in load_migrations() if m.version > 3]
+        rows = client.query("SELECT event_id, asn, country FROM requests").result_rows
+        assert [tuple(r) for r in rows] == [("old", None, None)]
+    finally:
+        client.close()

@@ -147,3 +147,24 @@ def test_declared_columns_match_the_engine(scenario) -> None:
         result = store.query(query.sql, parameters=bind_params(name, params))
         assert result.result_rows, name
         assert list(result.column_names) == list(query.columns), name
+
+
+def test_asn_and_country_round_trip_and_may_be_missing(store) -> None:
+    located = _event(1, "10.0.0.1", asn=64500, country="NL")
+    unlocated = _event(2, "10.0.0.2")
+    too_big = _event(3, "10.0.0.3", asn=2**32)
+    result = write_requests(store, [located, unlocated, too_big])
+    assert result.inserted == 2 and [r[0] for r in result.rejected] == ["e0003"]
+    rows = store.query("SELECT event_id, asn, country FROM requests ORDER BY event_id").result_rows
+    assert [tuple(r) for r in rows] == [("e0001", 64500, "NL"), ("e0002", None, None)]
+
+
+def test_detection_counts_per_detector_and_scope(scenario) -> None:
+    store, _, detection, _ = scenario
+    route = Detection(ts=T0, detector="latency_regression", scope="route", value="GET /orders/{id}",
+                      evidence={"state": "regression"}, sample_event_ids=["e0001"])
+    write_detections(store, [route, route])
+    rows = _rows(run_query(store, "detection_counts"))
+    assert [(r["detector"], r["scope"], r["detections"]) for r in rows] == [
+        ("credential_stuffing", "ip", 1), ("latency_regression", "route", 1)]
+    assert rows[0]["last_ts"] == detection.ts.isoformat()
