@@ -530,7 +530,7 @@ class Enforcement:
         wait = self.throttle.hit(f"{active.key()}|{facts.client_ip}", time.monotonic())
         if wait > 0:
             self.stats.throttled += 1
-            flowtags.mark_blocked(flow, active.scope)
+            flowtags.mark_blocked(flow, "throttle")
             header = retry_after_header(wait)
             json_answer(flow, 429, {"error": "rate_limited", "scope": "throttle", "decision_id": active.id,
                                     "retry_after_s": int(header)}, "rate_limit", {"Retry-After": header})

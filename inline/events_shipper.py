@@ -233,6 +233,7 @@ class EventShipper:
         self._held: list[Record] = []
         self._replay_pending: tuple[list[tuple[bytes, bytes]], object] | None = None
         self._spool_wanted = asyncio.Event()
+        self._direct = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
 
     # --- options and life cycle ---------------------------------------------------------
@@ -428,7 +429,12 @@ class EventShipper:
     def _enter_spool_mode(self) -> None:
         if self.mode != "spool":
             self.mode = "spool"
+            self._direct.clear()
             self._spool_wanted.set()
+
+    def _enter_direct_mode(self) -> None:
+        self.mode = "direct"
+        self._direct.set()
 
     async def _pump(self, spec: ShipSpec, queue: asyncio.Queue[RequestEvent]) -> None:
         """Move events from the queue to the producer (direct mode) or the spool, in order.
@@ -437,6 +443,8 @@ class EventShipper:
         first waits until every in-flight send has settled, so that the events
         whose delivery failed (older) are spooled before the ones it holds."""
         while True:
+            if self.spool is None and self.mode != "direct":
+                await self._direct.wait()   # no spool: events wait in the bounded queue
             first = await queue.get()
             queue.task_done()
             self._held = [self._record(e) for e in (first, *self._drain_queue(PUMP_BATCH - 1))]
@@ -485,7 +493,7 @@ class EventShipper:
                     self.producer = await self._start_producer(spec)
                 if self.mode == "spool":
                     await self._settled.wait()
-                    if self._failed:   # to disk now: older than anything the pump holds
+                    if self._failed and self.spool is not None:   # to disk now: older than anything held
                         self._to_spool(self._take_failed())
                     await self._probe()
                     await self._replay(spec)
@@ -516,14 +524,14 @@ class EventShipper:
         when some fail, only those are re-sent on the next attempt. Raises when a
         batch cannot be delivered (the caller probes and retries later)."""
         while True:
-            if self._failed and self._settled.is_set():
+            if self.spool is None:   # no spool: re-send the failed events from memory
+                if self._replay_pending is None:
+                    if not self._failed:
+                        self._enter_direct_mode()
+                        return
+                    self._replay_pending = ([(k, v) for _, k, v in self._take_failed()], None)
+            elif self._failed and self._settled.is_set():
                 self._to_spool(self._take_failed())   # older than anything the pump holds
-            if self.spool is None:
-                if not self._held and not self._failed:
-                    self.mode = "direct"
-                    return
-                await asyncio.sleep(0.05)
-                continue
             if self._replay_pending is None:
                 records, pos = self.spool.read(REPLAY_BATCH)
                 if not records:
@@ -531,7 +539,7 @@ class EventShipper:
                     if self._held or self._failed or not self._settled.is_set():
                         await asyncio.sleep(0.01)   # the pump is about to spool older events
                         continue
-                    self.mode = "direct"   # no await since the checks: the pump goes direct from now on
+                    self._enter_direct_mode()   # no await since the checks: the pump goes direct from now on
                     logger.info("event spool empty; sending directly")
                     return
                 self._replay_pending = (records, pos)
@@ -549,7 +557,8 @@ class EventShipper:
                 self._replay_pending = (failed, pos)
                 raise ConnectionError(f"{len(failed)} of {len(pending)} spooled events not delivered")
             self._replay_pending = None
-            self.spool.commit(pos)
+            if pos is not None:
+                self.spool.commit(pos)
 
     async def _start_producer(self, spec: ShipSpec):
         from aiokafka import AIOKafkaProducer

@@ -7,10 +7,11 @@ they could become ``FlowFacts`` fields later without changing the readers
 
 - ``gatewatch.allow_listed`` (bool): the client address is on the allow-list,
   so decisions and rate limits do not apply (set by :mod:`inline.lists`).
-- ``gatewatch.blocked_scope`` (str): why the gateway refused the request with
-  403/429: ``deny_list``, a decision scope (``ip``, ``prefix``, ``principal``,
-  ``username``, ``asn``, ``country``), or a rate-limit scope
-  (``ip``/``principal``); read by :mod:`inline.metrics`.
+- ``gatewatch.blocked_scope`` (str): why the gateway refused the request:
+  403 — ``deny_list`` or the ban decision's scope (``ip``, ``prefix``,
+  ``principal``, ``username``, ``asn``, ``country``); 429 — the rate-limit
+  scope (``ip``, ``principal``) or ``throttle`` (a throttle decision). Read
+  by :mod:`inline.metrics`.
 """
 
 from __future__ import annotations

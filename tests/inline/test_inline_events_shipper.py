@@ -310,3 +310,28 @@ def test_fail_closed_refuses_when_events_cannot_be_recorded(tmp_path):
         return refused, passed
     refused, passed = asyncio.run(go())
     assert refused.response.status_code == 503 and passed.response.status_code == 200
+
+
+def test_without_a_spool_events_wait_in_memory_not_dropped(tmp_path, settings):
+    """Another process owns the spool directory: the gateway runs without a spool and
+    events wait in the bounded queue until the producer is up (nothing dropped)."""
+    from inline.spool import Spool
+
+    owner = Spool(tmp_path / "spool", max_bytes=1000)   # stands for another gateway process
+
+    async def go():
+        routes, shipper = Routes(), EventShipper()
+        with taddons.context(routes, shipper) as tctx:
+            tctx.configure(shipper, **shipper_options(settings.bootstrap_servers, settings.topic_requests,
+                                                      tmp_path / "spool"))
+            shipper.running()
+            assert shipper.spool is None
+            for i in range(10):
+                await run_flow(tctx, [routes, shipper], make_flow(f"/items/{i}"))
+            await shipper.done()
+        return shipper.stats
+    try:
+        stats = asyncio.run(go())
+    finally:
+        owner.close()
+    assert (stats.sent, stats.dropped, stats.spooled) == (10, 0, 0)
