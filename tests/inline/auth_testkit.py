@@ -11,6 +11,7 @@ import base64
 import hashlib
 import hmac
 import json
+import os
 import subprocess
 import sys
 import time
@@ -27,8 +28,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
+from gatewatch.commands import gateway_command
 from gatewatch.netutil import free_port, wait_for_port
-from gatewatch.settings import IntrospectionSettings, JwtSettings
+from gatewatch.settings import GatewatchSettings, IntrospectionSettings, JwtSettings
 
 AUDIENCE = "https://api.gatewatch.test"
 GATEWAY_CLIENT = ("gateway", "gateway-secret:with/odd chars+")   # exercises RFC 6749 §2.3.1 encoding
@@ -199,6 +201,35 @@ def auth_server(workdir: Path, *keys: SigningKey) -> Iterator[AuthServer]:
         proc.terminate()
         try:
             proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextmanager
+def logging_mitmdump(settings: GatewatchSettings, log_path: Path) -> Iterator[subprocess.Popen]:
+    """The gateway as :func:`inline_testkit.mitmdump` starts it, but logging every line
+    (``termlog_verbosity=debug``) so that tests can check the log for secrets.
+
+    ``--quiet`` is dropped because mitmdump lets it override ``--set
+    termlog_verbosity``; ``flow_detail=0`` keeps the per-flow dump off, as
+    ``--quiet`` does.
+    """
+    env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
+    cmd = [c for c in gateway_command(settings) if c != "--quiet"]
+    cmd += ["--set", "termlog_verbosity=debug", "--set", "flow_detail=0"]
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        try:
+            wait_for_port(settings.listen_host, settings.listen_port, timeout_s=20)
+        except TimeoutError:
+            raise AssertionError(f"mitmdump did not start (rc={proc.poll()}):\n{log_path.read_text()}") from None
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
