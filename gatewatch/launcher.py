@@ -162,6 +162,36 @@ class Stack:
             self.stop()
             raise
 
+    def part(self, name: str) -> Part:
+        """The running part called ``name`` (``broker``, ``worker``, ``gateway``, ``sample-api``).
+        Raises ``KeyError`` if there is none."""
+        for part in self.parts:
+            if part.name == name:
+                return part
+        raise KeyError(name)
+
+    def restart_broker(self, timeout_s: float = 30.0) -> Part:
+        """Start a new broker on the same address as the current one (killing it if it
+        still runs) and create gatewatch's topics on it; return the new part.
+
+        Tansu's ``memory://`` storage starts empty: topics, records, committed
+        offsets and consumer groups of the old broker are gone. The gateway's
+        producer reconnects and replays its spool, its decisions consumer resets
+        to the new topic's beginning (offset out of range → earliest), and the
+        worker's consumer group re-forms. Raises :class:`StackError` if the new
+        broker does not listen within ``timeout_s``.
+        """
+        old = self.part("broker")
+        if old.alive():
+            old.proc.kill()
+        old.proc.wait()
+        self.parts.remove(old)
+        host, _, port = old.address.rpartition(":")
+        part = self._spawn("broker", tansu_command(host, int(port)), old.address)
+        self._wait_port(part, host, int(port), timeout_s)
+        create_topics(self.settings)
+        return part
+
     def dead_part(self) -> Part | None:
         """The first part that is no longer running, if any."""
         return next((p for p in self.parts if not p.alive()), None)
