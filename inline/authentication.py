@@ -442,7 +442,8 @@ class Authentication:
         spec = self.spec
         if spec is None:
             # Not configured: never let a request through unchecked (fail closed).
-            problem_answer(flow, 401, "authentication unavailable", "unauthorized", "auth")
+            problem_answer(flow, 401, "authentication unavailable", "unauthorized", "auth",
+                           headers={"WWW-Authenticate": f'ApiKey realm="{REALM}"'})
             return
         ident = flow.metadata.get(IDENTITY_KEY)
         if facts.auth_detail is None or ident is None:

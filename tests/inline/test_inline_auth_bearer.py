@@ -247,3 +247,13 @@ def test_reconfiguring_keeps_verifiers_of_unchanged_policies(server, keys_file):
             assert addon.jwt is None and addon.introspector is None and not addon.spec.bearer
             await addon.done()
     asyncio.run(go())
+
+
+def test_unconfigured_addon_still_sends_a_challenge():
+    async def go():
+        routes, addon = Routes(), Authentication()
+        with taddons.context(routes, addon) as tctx:
+            flow = await run_flow(tctx, [routes, addon], make_flow("/users/1"))
+        assert flow.response.status_code == 401 and flow.response.headers["WWW-Authenticate"]
+        assert flow.response.headers["Content-Type"] == PROBLEM_JSON
+    asyncio.run(go())
