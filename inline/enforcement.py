@@ -486,13 +486,19 @@ class Enforcement:
                 pass
             self._task = None
 
-    def geo(self, client_ip: str) -> GeoInfo | None:
-        """The geo hook's ``(asn, country)`` for ``client_ip`` — only while asn/country
-        decisions exist; None without a hook, without data, or when it raises (counted)."""
-        if self.geo_lookup is None or not client_ip or not self.store.has_geo:
+    def geo(self, facts: FlowFacts) -> GeoInfo | None:
+        """``(asn, country)`` of the client — only while asn/country decisions exist.
+
+        From the facts the geo addon (:mod:`inline.geo`) recorded, else from the
+        geo hook; None without data, or when the hook raises (counted)."""
+        if not self.store.has_geo:
+            return None
+        if facts.asn is not None or facts.country is not None:
+            return facts.asn, facts.country
+        if self.geo_lookup is None or not facts.client_ip:
             return None
         try:
-            return self.geo_lookup(client_ip)
+            return self.geo_lookup(facts.client_ip)
         except Exception as exc:  # a broken hook must not break requests: no data (counted)
             self.stats.geo_errors += 1
             logger.warning("geo lookup failed for a client: %s: %s", type(exc).__name__, exc)
@@ -510,7 +516,7 @@ class Enforcement:
             return
         now = time.time()
         active = self.store.match(now, client_ip=facts.client_ip, principal=facts.principal,
-                                  geo=self.geo(facts.client_ip))
+                                  geo=self.geo(facts))
         if active is not None:
             self.enforce(flow, facts, active, now)
 

@@ -52,6 +52,8 @@ class FlowFacts:
     username_hash: str | None = None
     is_login: bool = False
     shipped: bool = False
+    asn: int | None = None
+    country: str | None = None
 
 
 def get_facts(flow: http.HTTPFlow) -> FlowFacts | None:

@@ -11,7 +11,8 @@ and all ``requestheaders`` hooks run before any ``request`` hook:
 
 ``requestheaders``
     Routes (client IP through trusted proxies, normalized path, route,
-    event id) → Authentication (identify the principal; does not answer yet).
+    event id) → GeoEnrichment (country, ASN) → Authentication (identify
+    the principal; does not answer yet).
 ``request`` — the first addon that answers wins; later ones skip the flow
     Routes (400 bad path) → Lists (403 deny-list; marks allow-listed
     clients) → Enforcement (403 ban / 429 throttle on ip, prefix, principal,
@@ -38,6 +39,7 @@ from inline.authentication import Authentication
 from inline.circuit_breaker import CircuitBreaker
 from inline.enforcement import Enforcement
 from inline.events_shipper import EventShipper
+from inline.geo import GeoEnrichment
 from inline.lists import Lists
 from inline.login import Login
 from inline.metrics import Metrics
@@ -48,6 +50,7 @@ enforcement = Enforcement()
 
 addons = [
     Routes(),
+    GeoEnrichment(),
     Lists(),
     enforcement,
     RateLimit(),
