@@ -31,34 +31,59 @@ def _run_dir(run_dir: Optional[Path]) -> Path:
     return run_dir or Path(".gatewatch") / time.strftime("run-%Y%m%d-%H%M%S")
 
 
-@app.command()
-def up(
-    upstream: str = typer.Option(..., help="URL of the API to protect, e.g. http://127.0.0.1:8000"),
-    port: int = typer.Option(8080, help="Port the gateway listens on (127.0.0.1)."),
-    run_dir: Optional[Path] = typer.Option(None, help="Where logs and the chDB store go."),
-) -> None:
-    """Start broker, worker and gateway in front of UPSTREAM; stop all on Ctrl-C or when one dies."""
-    from gatewatch.launcher import Stack, StackError, signals_raise_interrupt
+def _supervise(stack, start, what: str) -> None:
+    """Start ``stack`` with ``start``, print where each part listens, supervise until
+    Ctrl-C/SIGTERM (exit 0) or a dying part (exit 1, named with its log tail)."""
+    from gatewatch.launcher import StackError, signals_raise_interrupt
 
-    settings = load_settings(upstream=upstream, listen_port=port)
-    stack = Stack(settings, _run_dir(run_dir))
     with signals_raise_interrupt():
         try:
-            stack.start()
+            start()
             for part in stack.parts:
-                console.print(f"  {part.name:<8} {part.address:<28} pid {part.proc.pid:<8} log {part.log_path}")
-            console.print(f"gateway ready: [bold]{stack.gateway_url}[/] → {upstream}   (Ctrl-C stops)")
+                console.print(f"  {part.name:<10} {part.address:<28} pid {part.proc.pid:<8} log {part.log_path}")
+            for url in stack.metrics_urls:
+                console.print(f"  metrics    {url}")
+            console.print(f"{what} ready: [bold]{stack.gateway_url}[/] → {stack.settings.upstream}   (Ctrl-C stops)")
             dead = stack.supervise()
         except StackError as exc:
             console.print(f"[red]start-up failed:[/] {exc}")
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             stack.stop()
-            console.print("stopped: gateway, worker, broker")
+            console.print("stopped every part")
             return
     console.print(f"[red]{dead.name} exited with code {dead.proc.returncode}[/]; stopped the others. "
                   f"Last lines of {dead.log_path}:\n{dead.log_tail()}")
     raise typer.Exit(1)
+
+
+@app.command()
+def up(
+    upstream: str = typer.Option(..., help="URL of the API to protect, e.g. http://127.0.0.1:8000"),
+    port: int = typer.Option(8080, help="Port the gateway listens on (127.0.0.1)."),
+    workers: int = typer.Option(1, min=1, help="Gateway processes sharing the port (SO_REUSEPORT)."),
+    run_dir: Optional[Path] = typer.Option(None, help="Where logs and the chDB store go."),
+) -> None:
+    """Start broker, worker and gateway in front of UPSTREAM; stop all on Ctrl-C or when one dies."""
+    from gatewatch.launcher import Stack
+
+    stack = Stack(load_settings(upstream=upstream, listen_port=port), _run_dir(run_dir), gateway_workers=workers)
+    _supervise(stack, stack.start, "gateway")
+
+
+@app.command()
+def gateway(
+    upstream: Optional[str] = typer.Option(None, help="URL of the API to protect (default: GATEWATCH_UPSTREAM)."),
+    port: Optional[int] = typer.Option(None, help="Listening port (default: GATEWATCH_LISTEN_PORT)."),
+    workers: int = typer.Option(1, min=1, help="Processes sharing the port (SO_REUSEPORT): one per core."),
+    run_dir: Optional[Path] = typer.Option(None, help="Where logs and event spools go."),
+) -> None:
+    """Run only the gateway (N processes on one port) against the broker in GATEWATCH_BOOTSTRAP_SERVERS."""
+    from gatewatch.launcher import Stack
+
+    overrides = {k: v for k, v in (("upstream", upstream), ("listen_port", port)) if v is not None}
+    stack = Stack(load_settings(**overrides), _run_dir(run_dir), gateway_workers=workers)
+    _supervise(stack, stack.start_gateways_only, f"{workers} gateway process(es)")
 
 
 @app.command()

@@ -27,11 +27,13 @@ from pathlib import Path
 import httpx
 
 from gatewatch.broker import create_topics, tansu_command
-from gatewatch.commands import gateway_command, worker_command
+from gatewatch.commands import serve_command, worker_command
 from gatewatch.netutil import free_port, wait_for_port
 from gatewatch.settings import GatewatchSettings
 
 STOP_TIMEOUT_S = 15.0
+#: Stop order by part kind ("gateway-2" is a gateway, "sample-api" a sample).
+_STOP_ORDER = ["gateway", "worker", "broker", "sample"]
 
 
 class StackError(RuntimeError):
@@ -64,14 +66,23 @@ class Stack:
     """The local stack for one run directory.
 
     ``settings`` are completed at :meth:`start` with free loopback ports for the
-    broker and the worker's read API and ``run_dir/chdb`` for the store;
-    ``settings.listen_port`` is kept (0 picks a free port).
+    broker, the worker's read API and each gateway's metrics, and
+    ``run_dir/chdb`` for the store; ``settings.listen_port`` is kept (0 picks
+    a free port).
+
+    ``gateway_workers`` gateway processes run on the minimal master
+    (:mod:`inline.serve`); with more than one they share the listening port
+    through ``SO_REUSEPORT`` and each has its own metrics port and event spool.
+    Rate-limit state is per process (divide limits by N, or use Redis when
+    available).
     """
 
     settings: GatewatchSettings
     run_dir: Path
     sample_api: bool = False
+    gateway_workers: int = 1
     parts: list[Part] = field(default_factory=list)
+    metrics_urls: list[str] = field(default_factory=list)
 
     @property
     def gateway_url(self) -> str:
@@ -123,6 +134,19 @@ class Stack:
             time.sleep(0.2)
         raise StackError(f"worker not ready after {timeout_s:.0f} s; log {part.log_path}:\n{part.log_tail()}")
 
+    def start_gateways_only(self, timeout_s: float = 30.0) -> None:
+        """Start only the gateway processes, against the broker named in the settings
+        (production: Kafka and the workers run elsewhere). Raises :class:`StackError`."""
+        self.run_dir = self.run_dir.resolve()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.settings = self.settings.model_copy(update={
+            "keys_file": Path(self.settings.keys_file).resolve()})
+        try:
+            self._start_gateways(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+
     def start(self, timeout_s: float = 90.0) -> None:
         """Start every part and wait until each is ready.
 
@@ -156,8 +180,7 @@ class Stack:
             part = self._spawn("worker", worker_command(), self.worker_url)
             self._wait_worker_ready(part, timeout_s)
 
-            part = self._spawn("gateway", gateway_command(self.settings), self.gateway_url)
-            self._wait_port(part, self.settings.listen_host, self.settings.listen_port, timeout_s)
+            self._start_gateways(timeout_s)
         except BaseException:
             self.stop()
             raise
@@ -192,6 +215,23 @@ class Stack:
         create_topics(self.settings)
         return part
 
+    def _start_gateways(self, timeout_s: float) -> None:
+        s = self.settings
+        for n in range(self.gateway_workers):
+            name = "gateway" if self.gateway_workers == 1 else f"gateway-{n + 1}"
+            admin_port = free_port()
+            argv = serve_command(s, reuse_port=self.gateway_workers > 1) + [
+                "--set", f"gatewatch_admin_port={admin_port}",
+                "--set", f"gatewatch_spool_dir={self.run_dir / f'spool-{name}'}"]
+            part = self._spawn(name, argv, self.gateway_url)
+            self.metrics_urls.append(f"http://{s.admin_host}:{admin_port}/metrics")
+            # With SO_REUSEPORT the shared port answers as soon as the first process
+            # listens; each later one is ready once its own metrics port is up.
+            if n == 0:
+                self._wait_port(part, s.listen_host, s.listen_port, timeout_s)
+            else:
+                self._wait_port(part, s.admin_host, admin_port, timeout_s)
+
     def dead_part(self) -> Part | None:
         """The first part that is no longer running, if any."""
         return next((p for p in self.parts if not p.alive()), None)
@@ -199,8 +239,7 @@ class Stack:
     def stop(self) -> None:
         """Stop the parts in order — gateway, worker, broker, sample API — each with
         SIGTERM, then SIGKILL after STOP_TIMEOUT_S seconds."""
-        order = ["gateway", "worker", "broker", "sample-api"]
-        for part in sorted(self.parts, key=lambda p: order.index(p.name)):
+        for part in sorted(self.parts, key=lambda p: _STOP_ORDER.index(p.name.partition("-")[0])):
             if part.alive():
                 part.proc.send_signal(signal.SIGTERM)
                 try:
@@ -209,6 +248,7 @@ class Stack:
                     part.proc.kill()
                     part.proc.wait()
         self.parts.clear()
+        self.metrics_urls.clear()
 
     def supervise(self, poll_s: float = 0.5) -> Part:
         """Block until a part dies, then stop everything and return that part.

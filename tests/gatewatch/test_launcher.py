@@ -67,3 +67,43 @@ def test_dead_part_is_named_and_the_rest_stopped(tmp_path: Path, sample_api: str
     assert proc.returncode == 1
     assert "broker exited with code -9" in out
     assert all(gone(pid) for pid in pids.values()), pids
+
+
+def test_gateway_workers_share_one_port(tmp_path: Path, sample_api: str, settings) -> None:
+    """`gatewatch gateway --workers 2`: two processes on one port, each with its metrics."""
+    import httpx
+
+    add_key(tmp_path / "keys.toml", "key_t", owner="t")
+    port = free_port()
+    env = os.environ | settings.to_env() | {"GATEWATCH_KEYS_FILE": str(tmp_path / "keys.toml"),
+                                            "COLUMNS": "200"}
+    proc = subprocess.Popen([GATEWATCH, "gateway", "--upstream", sample_api, "--port", str(port),
+                             "--workers", "2", "--run-dir", str(tmp_path / "run")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    lines: list[str] = []
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if "ready" in line:
+            break
+    out = "".join(lines)
+    pids = [int(p) for p in re.findall(r"gateway-\d\s+\S+\s+pid (\d+)", out)]
+    metrics = re.findall(r"metrics\s+(\S+)", out)
+    try:
+        assert len(pids) == 2 and len(metrics) == 2, out
+        for _ in range(20):
+            assert httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200
+        served = 0
+        for url in metrics:
+            text = httpx.get(url).text
+            served += sum(float(m) for m in re.findall(r'^gatewatch_requests_total\{[^}]*\} ([\d.e+]+)$', text, re.M))
+        assert served == 20, "the two processes together answered every request"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out + rest
+    assert all(gone(pid) for pid in pids)
