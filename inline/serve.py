@@ -11,7 +11,8 @@ a master with only the needed addons served ~50% more requests per second
 - ``ErrorCheck`` — exit when an error is logged during start-up (as mitmdump);
 - ``TermLog`` — log lines on stderr;
 
-then the gatewatch addons of :mod:`inline.gateway`, in their order. Nothing
+then the gatewatch addons of :mod:`inline.gateway`, in their order, behind
+one :class:`inline.chain.Chain` (one hook dispatch instead of a dozen). Nothing
 else runs, so mitmdump features such as ``--set block_global`` or scripts do
 not exist here (``mitmdump -s inline/gateway.py`` remains the full-featured way).
 
@@ -41,6 +42,7 @@ from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, termlog,
 from mitmproxy.proxy import mode_servers
 
 from gatewatch.settings import load_settings
+from inline.chain import Chain
 
 
 class GatewayMaster(master.Master):
@@ -53,7 +55,8 @@ class GatewayMaster(master.Master):
         self.gateway_addons = list(gateway_addons)
         self.addons.add(termlog.TermLog(), core.Core(), proxyserver.Proxyserver(),
                         next_layer.NextLayer(), tlsconfig.TlsConfig(), errorcheck.ErrorCheck())
-        self.addons.add(*self.gateway_addons)
+        # One addon for all of gatewatch's: mitmproxy dispatches each hook to each addon.
+        self.addons.add(Chain(self.gateway_addons))
 
     def configure_gateway(self) -> None:
         """Run the gatewatch addons' ``configure`` over every option, as mitmproxy's
