@@ -326,19 +326,19 @@ _QUERIES: list[PanelQuery] = [
         """),
     PanelQuery(
         "latency_p95_vs_baseline", _TS,
-        description=("p95 per interval against the baseline: the p95 of all requests of the "
-                     "trailing hour before the interval (merged quantile states)."),
+        description=("p95 per interval against its baseline: the median of the route's interval "
+                     "p95s over the trailing hour (a regression must last ~30 min to become normal)."),
         columns=_cols("time:time series:label p95_ms:value baseline_p95_ms:value"),
         sql="""
         SELECT time, series, p95_ms, if(isFinite(baseline), baseline, NULL) AS baseline_p95_ms
         FROM (
             SELECT time, series, p95_ms,
-                   quantileMerge(0.95)(state) OVER (
+                   quantileExact(0.5)(p95_ms) OVER (
                        PARTITION BY series ORDER BY toUInt32(time)
                        RANGE BETWEEN 3600 PRECEDING AND 1 PRECEDING) AS baseline
             FROM (
                 SELECT $__timeInterval(ts) AS time, concat(method, ' ', route) AS series,
-                       quantile(0.95)(latency_ms) AS p95_ms, quantileState(0.95)(latency_ms) AS state
+                       quantile(0.95)(latency_ms) AS p95_ms
                 FROM requests FINAL
                 WHERE ts >= $__fromTime - INTERVAL 1 HOUR AND ts <= $__toTime
                   AND answered_by = 'upstream'
