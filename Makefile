@@ -5,7 +5,16 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test clean
+.PHONY: install system-deps demo test clean
+
+# Debian packages the tests start as real processes (Alertmanager); installed when missing.
+APT_PACKAGES := prometheus-alertmanager
+system-deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi; \
+	fi
 
 $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -19,7 +28,7 @@ install: $(VENV)/.installed
 demo: install
 	$(BIN)/gatewatch demo
 
-test: install
+test: install system-deps
 	$(BIN)/pytest -q
 
 clean:
