@@ -220,7 +220,11 @@ class BolaDetector:
     def process(self, event: RequestEvent, now: datetime) -> list[Detection]:
         """Learn from one event; return the detection it completes (0 or 1).
 
-        Only upstream answers on routes with a ``{parameter}`` count.
+        Windows and quiet periods are judged at the event's own ``ts``; ``now``
+        only lets the detector forget principals idle since ``now - state_ttl_s``
+        and quiet periods over by ``now`` (on a stream merged from several
+        sources, pass a low watermark). Only upstream answers on routes with a
+        ``{parameter}`` count.
         """
         self._evict(now)
         if event.answered_by != "upstream":
@@ -237,7 +241,8 @@ class BolaDetector:
             state.last_seen = max(state.last_seen, event.ts)
         if 200 <= event.status < 300:
             self._give(state, values)
-        if who in self._quiet:
+        until = self._quiet.get(who)
+        if until is not None and event.ts < until:
             return []
         oid = "/".join(values)
         denied = event.status in _DENIED and values[-1] not in state.given
@@ -245,9 +250,9 @@ class BolaDetector:
         if window is None:
             window = state.routes[event.route] = _RouteWindow()
         window.add(_Access(event.ts, oid, denied, event.status, event.event_id))
-        window.expire(now - self._window)
+        window.expire(event.ts - self._window)
         window.step(_number(values[-1]), event.ts, self.cfg.sequential_max_step, self._window)
-        return self._check(who, event, window, now)
+        return self._check(who, event, window)
 
     def _give(self, state: _Principal, values: tuple[str, ...]) -> None:
         given = state.given
@@ -259,8 +264,7 @@ class BolaDetector:
                 if len(given) > self.cfg.known_ids_max:
                     given.popitem(last=False)
 
-    def _check(self, who: tuple[str, str], event: RequestEvent, window: _RouteWindow,
-               now: datetime) -> list[Detection]:
+    def _check(self, who: tuple[str, str], event: RequestEvent, window: _RouteWindow) -> list[Detection]:
         cfg = self.cfg
         distinct, denied = len(window.ids), len(window.denied)
         if distinct < cfg.min_distinct_ids or denied < cfg.min_denied_ids:
@@ -273,12 +277,12 @@ class BolaDetector:
             rule = "sequential_ids"
         else:
             return []
-        self._quiet[who] = now + self._quiet_delta
-        self._quiet.move_to_end(who)
-        return [self._detection(who, rule, event, window, share, now)]
+        self._quiet.pop(who, None)
+        self._quiet[who] = event.ts + self._quiet_delta
+        return [self._detection(who, rule, event, window, share)]
 
     def _detection(self, who: tuple[str, str], rule: str, trigger: RequestEvent,
-                   window: _RouteWindow, share: float, now: datetime) -> Detection:
+                   window: _RouteWindow, share: float) -> Detection:
         cfg = self.cfg
         denied_events = [a.event_id for a in window.accesses if a.denied][-MAX_SAMPLE_EVENT_IDS:]
         denied_ids = list(window.denied)[:MAX_SAMPLE_OBJECT_IDS]
@@ -310,7 +314,7 @@ class BolaDetector:
                f"{len(window.ids)} refused")
         return Detection(
             detection_id=uuid.uuid5(_ID_NAMESPACE, f"{NAME}|{scope}|{value}|{trigger.event_id}").hex,
-            ts=now, detector=NAME, scope=scope, value=value,  # type: ignore[arg-type]
+            ts=trigger.ts, detector=NAME, scope=scope, value=value,  # type: ignore[arg-type]
             severity="high",
             score=round(share / cfg.min_denied_share, 3),
             summary=f"object-id enumeration on {trigger.method} {trigger.route} by {scope} {value}: "

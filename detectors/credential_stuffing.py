@@ -136,11 +136,11 @@ def network_of(ip: str, v4_len: int = 24, v6_len: int = 64) -> str | None:
 class _Spike:
     """Failed logins per bucket against an EWMA baseline (see module docstring)."""
 
-    __slots__ = ("bucket", "count", "baseline", "active", "buckets_seen")
+    __slots__ = ("open", "closed_before", "baseline", "active", "buckets_seen")
 
     def __init__(self) -> None:
-        self.bucket: int | None = None
-        self.count = 0
+        self.open: dict[int, int] = {}  # bucket index -> failures
+        self.closed_before: int | None = None  # buckets below this index are closed
         self.baseline = 0.0
         self.active = False
         self.buckets_seen = 0
@@ -220,23 +220,28 @@ class CredentialStuffingDetector:
     def process(self, event: RequestEvent, now: datetime) -> list[Detection]:
         """Learn from one event and return the detections it completes.
 
-        ``now`` is the current event time (timezone-aware); the worker passes the
-        event's own ``ts``. Events that are not upstream-answered login attempts
-        only advance eviction.
+        Windows and quiet periods are judged at the event's own ``ts``; ``now``
+        (timezone-aware) only lets the detector forget what ended before it: keys
+        idle since ``now - window``, quiet periods over by ``now``, and failed-login
+        buckets ending by ``now``. On one in-order stream pass ``event.ts``; on a
+        stream merged from several sources pass a low watermark — a time every
+        source has passed — so that a lagging source finds its state. Events that
+        are not upstream-answered login attempts only advance eviction.
         """
         self._evict(now)
         if event.login is None or event.answered_by != "upstream":
+            if "global" in self.rules or "username" in self.rules:
+                self._close_buckets(now)
             return []
         failed = event.login == "failure"
         ip = event.client_ip
         attempt = Attempt(event.ts, failed, event.username_hash, ip, event.event_id)
         out: list[Detection] = []
-        ip_key = "ip:" + ip
-        if ip_key not in self._quiet:
-            window = self._ips.add(ip, attempt, now)
+        if not self._quiet.active("ip:" + ip, event.ts):
+            window = self._ips.add(ip, attempt)
             if (window.failures >= self.min_failures and len(window.usernames) >= self.min_usernames
                     and window.failure_share >= self.cfg.min_failure_share):
-                self._fire(out, "ip", ip, "ip", window, event, now, distinct_ips=None)
+                self._fire(out, "ip", ip, "ip", window, event, distinct_ips=None)
                 self._ips.drop(ip)
         if self.rules == {"ip"}:
             return out
@@ -245,44 +250,43 @@ class CredentialStuffingDetector:
         if "prefix" in self.rules:
             prefix = network_of(ip, self.cfg.prefix_v4, self.cfg.prefix_v6)
             if prefix is not None:
-                self._aggregate(out, "prefix", prefix, self._prefixes, attempt, event, now,
+                self._aggregate(out, "prefix", prefix, self._prefixes, attempt, event,
                                 self.cfg.prefix_min_failures, self.cfg.prefix_min_ips,
                                 self.cfg.prefix_min_usernames)
         if "asn" in self.rules and event.asn is not None:
-            self._aggregate(out, "asn", str(event.asn), self._asns, attempt, event, now,
+            self._aggregate(out, "asn", str(event.asn), self._asns, attempt, event,
                             self.cfg.asn_min_failures, self.cfg.asn_min_ips, self.cfg.asn_min_usernames)
         if "username" in self.rules and event.username_hash and failed:
-            self._username(out, event.username_hash, attempt, event, now)
+            self._username(out, event.username_hash, attempt, event)
         return out
 
     # -- rules -------------------------------------------------------------------------
 
     def _aggregate(self, out: list[Detection], scope: str, key: str, windows: KeyedWindows,
-                   attempt: Attempt, event: RequestEvent, now: datetime, min_failures: int,
+                   attempt: Attempt, event: RequestEvent, min_failures: int,
                    min_ips: int, min_usernames: int) -> None:
-        if f"{scope}:{key}" in self._quiet:
+        if self._quiet.active(f"{scope}:{key}", event.ts):
             return
-        window = windows.add(key, attempt, now)
+        window = windows.add(key, attempt)
         if window.failures < min_failures or len(window.usernames) < min_usernames:
             return
         # Leave out IPs that fired the ip rule on their own: they are handled already.
-        fired = [(ip, n) for ip, n in window.sources.items() if "ip:" + ip in self._quiet]
+        fired = [(ip, n) for ip, n in window.sources.items() if self._quiet.active("ip:" + ip, event.ts)]
         failures = window.failures - sum(n for _, n in fired)
         ips = len(window.sources) - len(fired)
         share = failures / (failures + window.successes) if failures else 0.0
         if failures >= min_failures and ips >= min_ips and share >= self.cfg.min_failure_share:
-            self._fire(out, scope, key, scope, window, event, now, distinct_ips=ips,
+            self._fire(out, scope, key, scope, window, event, distinct_ips=ips,
                        extra={"failures_from_fired_ips": window.failures - failures,
                               "thresholds": {"min_failures": min_failures, "min_ips": min_ips,
                                              "min_usernames": min_usernames,
                                              "min_failure_share": self.cfg.min_failure_share}})
             windows.drop(key)
 
-    def _username(self, out: list[Detection], user: str, attempt: Attempt, event: RequestEvent,
-                  now: datetime) -> None:
-        if "username:" + user in self._quiet:
+    def _username(self, out: list[Detection], user: str, attempt: Attempt, event: RequestEvent) -> None:
+        if self._quiet.active("username:" + user, event.ts):
             return
-        window = self._usernames.add(user, attempt, now)
+        window = self._usernames.add(user, attempt)
         during_spike = self._spike.active
         if during_spike:
             min_failures, min_ips = self.cfg.spike_username_min_failures, self.cfg.spike_username_min_ips
@@ -292,55 +296,72 @@ class CredentialStuffingDetector:
             rule = "username_during_spike" if during_spike else "username"
             extra: dict[str, Any] = {"thresholds": {"min_failures": min_failures, "min_ips": min_ips}}
             if during_spike:
-                extra["spike"] = self._spike_evidence()
-            self._fire(out, "username", user, rule, window, event, now,
+                extra["spike"] = self._spike_evidence(event)
+            self._fire(out, "username", user, rule, window, event,
                        distinct_ips=len(window.sources), extra=extra)
             self._usernames.drop(user)
 
     def _count_spike(self, event: RequestEvent, failed: bool, now: datetime,
                      out: list[Detection]) -> None:
         spike = self._spike
-        bucket = math.floor(event.ts.timestamp() / self.cfg.spike_bucket_s)
-        if spike.bucket is None:
-            spike.bucket = bucket
-        elif bucket > spike.bucket:
-            self._close_buckets(bucket)
-        if not failed or bucket < spike.bucket:  # a late event of a closed bucket is not counted
-            return
-        spike.count += 1
-        if not spike.active and spike.count >= self._spike_threshold():
-            spike.active = True
-            if "global" in self.rules:
-                out.append(self._global_detection(event, now))
+        bucket = self._bucket(event.ts)
+        if failed and (spike.closed_before is None or bucket >= spike.closed_before):
+            count = spike.open[bucket] = spike.open.get(bucket, 0) + 1
+            if not spike.active and count >= self._spike_threshold():
+                spike.active = True
+                if "global" in self.rules:
+                    out.append(self._global_detection(event, count))
+        self._close_buckets(now)
+
+    def _bucket(self, ts: datetime) -> int:
+        return math.floor(ts.timestamp() / self.cfg.spike_bucket_s)
 
     def _spike_threshold(self) -> float:
         return max(self.cfg.spike_min_failures, self.cfg.spike_factor * self._spike.baseline)
 
-    def _close_buckets(self, new_bucket: int) -> None:
+    def _close_buckets(self, now: datetime) -> None:
+        """Close the buckets that end by ``now``: a bucket below the threshold ends a spike
+        and teaches the baseline (empty buckets count 0); a spike bucket does not."""
         spike = self._spike
-        assert spike.bucket is not None
+        limit = self._bucket(now)  # buckets below this have ended
+        if spike.closed_before is None:
+            if not spike.open:
+                return
+            spike.closed_before = min(spike.open)
         lam = self.cfg.spike_ewma_lambda
-        closed = [spike.count] + [0] * min(new_bucket - spike.bucket - 1, 1000)
-        for count in closed:
-            if count >= self._spike_threshold():
-                continue  # a spike bucket does not teach the baseline
-            spike.active = False
-            spike.baseline = lam * count + (1 - lam) * spike.baseline
-            spike.buckets_seen += 1
-        spike.bucket, spike.count = new_bucket, 0
+        while spike.closed_before < limit:
+            ready = [b for b in spike.open if b < limit]
+            nxt = min(ready) if ready else limit
+            gap = nxt - spike.closed_before  # empty buckets before the next counted one
+            if gap > 0:
+                spike.baseline *= (1 - lam) ** gap
+                spike.buckets_seen += gap
+                spike.active = False
+                spike.closed_before = nxt
+            if nxt == limit:
+                break
+            count = spike.open.pop(nxt)
+            if count < self._spike_threshold():
+                spike.active = False
+                spike.baseline = lam * count + (1 - lam) * spike.baseline
+                spike.buckets_seen += 1
+            spike.closed_before = nxt + 1
+        if any(n >= self._spike_threshold() for n in spike.open.values()):
+            spike.active = True
 
-    def _spike_evidence(self) -> dict[str, Any]:
+    def _spike_evidence(self, trigger: RequestEvent) -> dict[str, Any]:
         spike = self._spike
-        return {"bucket_s": self.cfg.spike_bucket_s, "bucket_failures": spike.count,
+        return {"bucket_s": self.cfg.spike_bucket_s,
+                "bucket_failures": spike.open.get(self._bucket(trigger.ts), 0),
                 "baseline_per_bucket": round(spike.baseline, 3),
                 "threshold": round(self._spike_threshold(), 3), "baseline_buckets": spike.buckets_seen}
 
     # -- detections --------------------------------------------------------------------
 
     def _fire(self, out: list[Detection], scope: str, value: str, rule: str, window: CountWindow,
-              trigger: RequestEvent, now: datetime, distinct_ips: int | None,
+              trigger: RequestEvent, distinct_ips: int | None,
               extra: dict[str, Any] | None = None) -> None:
-        self._quiet.start(f"{scope}:{value}", now + self._quiet_delta)
+        self._quiet.start(f"{scope}:{value}", trigger.ts + self._quiet_delta)
         if scope not in self.rules:
             return
         samples = window.failed_event_ids(MAX_SAMPLE_EVENT_IDS)
@@ -378,20 +399,20 @@ class CredentialStuffingDetector:
         severity: Severity = "high" if scope in ("ip", "prefix") else "medium"
         out.append(Detection(
             detection_id=uuid.uuid5(_ID_NAMESPACE, f"{NAME}|{scope}|{value}|{trigger.event_id}").hex,
-            ts=now, detector=NAME, scope=scope, value=value,  # type: ignore[arg-type]
+            ts=trigger.ts, detector=NAME, scope=scope, value=value,  # type: ignore[arg-type]
             severity=severity, score=round(score, 3), summary=summary, evidence=evidence,
             sample_event_ids=samples))
 
-    def _global_detection(self, trigger: RequestEvent, now: datetime) -> Detection:
-        evidence = {"rule": "global_spike", **self._spike_evidence(),
+    def _global_detection(self, trigger: RequestEvent, count: int) -> Detection:
+        evidence = {"rule": "global_spike", **self._spike_evidence(trigger),
                     "sample_event_ids": [trigger.event_id]}
         spike = self._spike
         return Detection(
             detection_id=uuid.uuid5(_ID_NAMESPACE, f"{NAME}|global|{trigger.event_id}").hex,
-            ts=now, detector=NAME, scope="global", value=GLOBAL_VALUE, severity="medium",
-            score=round(spike.count / max(self._spike_threshold(), 1.0), 3),
-            summary=(f"failed-login spike: {spike.count} failures in the current "
-                     f"{self.cfg.spike_bucket_s:g} s bucket, baseline {spike.baseline:.1f}"),
+            ts=trigger.ts, detector=NAME, scope="global", value=GLOBAL_VALUE, severity="medium",
+            score=round(count / max(self._spike_threshold(), 1.0), 3),
+            summary=(f"failed-login spike: {count} failures in one {self.cfg.spike_bucket_s:g} s "
+                     f"bucket, baseline {spike.baseline:.1f}"),
             evidence=evidence, sample_event_ids=[trigger.event_id])
 
     def _evict(self, now: datetime) -> None:

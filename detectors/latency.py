@@ -37,7 +37,7 @@ windows, 5 minutes at the defaults) — it is learned as normal; regressions
 shorter than ``bad_windows`` windows; gateway-side latency (only the
 upstream's ``latency_ms`` is measured); a route that goes silent keeps its
 last window open until :meth:`LatencyRegressionDetector.flush` is called with
-a later time.
+a later time; samples arriving after their window closed (``late_samples``).
 
 References: S. W. Roberts, "Control chart tests based on geometric moving
 averages", Technometrics 1(3):239–250, 1959 (EWMA); NIST/SEMATECH
@@ -77,6 +77,7 @@ import random
 import uuid
 from array import array
 from collections import OrderedDict
+from collections.abc import Iterable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -179,19 +180,21 @@ class LatencyRegressionDetector:
         return [key for key, s in self._series.items() if s.raised_at is not None]
 
     def process(self, event: RequestEvent, now: datetime) -> list[Detection]:
-        """Learn from one event; return the detections of the windows it closes.
-
-        Only events answered by the upstream count (gateway answers have no upstream latency).
-        """
-        if event.answered_by != "upstream" or not event.latency_ms >= 0:
-            return self._evict(now)
-        return self.observe(series_of(event), event.ts, float(event.latency_ms), event.event_id, now)
-
-    def observe(self, series: str, ts: datetime, latency_ms: float, event_id: str,
-                now: datetime) -> list[Detection]:
-        """Add one latency sample of ``series`` taken at ``ts``; close the windows that
-        ``now`` (event time) has passed. The worker's fast path (no event object)."""
+        """Learn from one event; return the detections of its series' windows that ``now``
+        (event time) has passed. Only events answered by the upstream count (gateway
+        answers have no upstream latency)."""
         out = self._evict(now)
+        if event.answered_by != "upstream" or not event.latency_ms >= 0:
+            return out
+        series = series_of(event)
+        self.add(series, event.ts, float(event.latency_ms), event.event_id)
+        return out + self._close(series, self._series[series], now)
+
+    def add(self, series: str, ts: datetime, latency_ms: float, event_id: str) -> None:
+        """Add one latency sample of ``series`` taken at ``ts`` without closing anything
+        (a sample for an already closed window is counted in ``late_samples``). With
+        :meth:`flush`, the worker's path: samples of a merged stream first, then the
+        windows its watermark has passed."""
         state = self._series.get(series)
         if state is None:
             state = self._series[series] = _Series()
@@ -206,15 +209,15 @@ class LatencyRegressionDetector:
                 window = state.open[index] = _Window(index)
             window.add(latency_ms, event_id, self.cfg.max_samples_per_window, self._rng)
         state.last_ts = ts if state.last_ts is None else max(state.last_ts, ts)
-        out += self._close(series, state, now)
-        return out
 
-    def flush(self, now: datetime) -> list[Detection]:
-        """Close every series' windows that ``now`` has passed (call it now and then:
-        a route with no new traffic closes its windows only here)."""
+    def flush(self, now: datetime, series: Iterable[str] | None = None) -> list[Detection]:
+        """Close the windows that ``now`` (event time) has passed, of every series or of
+        ``series`` only; return their detections. A route with no new traffic closes its
+        windows only here."""
         out = self._evict(now)
-        for series, state in list(self._series.items()):
-            out += self._close(series, state, now)
+        names = list(self._series) if series is None else [name for name in series if name in self._series]
+        for name in names:
+            out += self._close(name, self._series[name], now)
         return out
 
     # -- windows -----------------------------------------------------------------------

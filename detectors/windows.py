@@ -13,7 +13,7 @@ Example::
     >>> from datetime import datetime, timedelta, timezone
     >>> t0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
     >>> windows = KeyedWindows(window_s=60)
-    >>> w = windows.add("203.0.113.7", Attempt(t0, True, "u1", "203.0.113.7", "e1"), now=t0)
+    >>> w = windows.add("203.0.113.7", Attempt(t0, True, "u1", "203.0.113.7", "e1"))
     >>> (w.failures, w.successes, len(w.usernames))
     (1, 0, 1)
     >>> later = t0 + timedelta(seconds=61)
@@ -127,22 +127,23 @@ class KeyedWindows:
     def get(self, key: str) -> CountWindow | None:
         return self._windows.get(key)
 
-    def add(self, key: str, attempt: Attempt, now: datetime) -> CountWindow:
-        """Add ``attempt`` to ``key``'s window, expire what left it at ``now``; return the window."""
+    def add(self, key: str, attempt: Attempt) -> CountWindow:
+        """Add ``attempt`` to ``key``'s window, expire what left it by the attempt's time
+        (the window is ``(attempt.ts - window_s, attempt.ts]``); return the window."""
         window = self._windows.get(key)
         if window is None:
             window = self._windows[key] = CountWindow()
         else:
             self._windows.move_to_end(key)
         window.add(attempt)
-        window.expire(now - self._delta)
+        window.expire(attempt.ts - self._delta)
         return window
 
     def drop(self, key: str) -> None:
         self._windows.pop(key, None)
 
     def evict(self, now: datetime) -> None:
-        """Forget keys whose newest attempt left the window."""
+        """Forget keys whose newest attempt left the window by ``now``."""
         horizon = now - self._delta
         windows = self._windows
         while windows:
@@ -174,6 +175,11 @@ class QuietPeriods:
     def start(self, key: str, until: datetime) -> None:
         self._until.pop(key, None)
         self._until[key] = until
+
+    def active(self, key: str, at: datetime) -> bool:
+        """True if ``key`` is quiet at time ``at``."""
+        until = self._until.get(key)
+        return until is not None and at < until
 
     def expire(self, now: datetime) -> None:
         until = self._until

@@ -3,7 +3,9 @@
 Importing the agent and view modules registers them on the app.
 """
 
-from streams import detect_credential_stuffing, sink, web  # noqa: F401  (register agents/views)
+# Importing registers the agents and views on the app.
+from streams import (  # noqa: F401
+    detect_bola, detect_latency, detect_logins, detect_requests, sink, web)
 from streams.app import app
 
 

@@ -3,7 +3,10 @@ are parsed with :mod:`gatewatch.events` so that a malformed message is counted
 and skipped instead of crashing an agent.
 
 Requests are keyed by client IP (the gateway does it), so each IP's events are
-on one partition, in order.
+on one partition, in order. The worker re-keys what other detectors need
+(:mod:`streams.rekey`): batches of events by principal (BOLA), latency samples
+by route (latency), and every login attempt on one partition (the aggregate
+credential-stuffing rules).
 """
 
 from __future__ import annotations
@@ -22,6 +25,10 @@ T = TypeVar("T")
 requests_topic = app.topic(settings.topic_requests, key_serializer="raw", value_serializer="raw")
 detections_topic = app.topic(settings.topic_detections, key_serializer="raw", value_serializer="raw")
 decisions_topic = app.topic(settings.topic_decisions, key_serializer="raw", value_serializer="raw")
+by_principal_topic = app.topic(settings.topic_requests_by_principal, key_serializer="raw",
+                               value_serializer="raw")
+by_route_topic = app.topic(settings.topic_requests_by_route, key_serializer="raw", value_serializer="raw")
+logins_topic = app.topic(settings.topic_logins, key_serializer="raw", value_serializer="raw")
 
 
 def parse_or_count(parser: Callable[[bytes], T], value: bytes | None, counter: str) -> T | None:

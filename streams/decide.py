@@ -1,0 +1,64 @@
+"""Publishing what the detectors find: each detection through the decision policy,
+then the detection to ``topic_detections`` and the decision, if any, to
+``topic_decisions`` keyed ``scope:value`` (which the gateway follows).
+
+One :class:`detectors.decision_policy.DecisionPolicy` serves every agent of
+this worker (the agents run on one event loop and call it between awaits). Its
+state — active decisions and repeat offences — covers the keys this worker's
+partitions carry: exact for one worker; with several, a ``scope:value`` found
+by two workers (the same IP banned by credential stuffing on one and by BOLA
+for an anonymous caller on another) can get a decision from each, and its
+escalation history is split. The gateway keeps one decision per key either way.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import TypeVar
+
+from detectors.decision_policy import DecisionPolicy
+from gatewatch.events import Detection, decision_key
+from streams import counters
+from streams.app import settings
+from streams.topics import decisions_topic, detections_topic
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+policy = DecisionPolicy.from_settings(settings)
+
+
+async def publish(detections: Iterable[Detection]) -> None:
+    """Decide on each detection and send it (and its decision) on."""
+    for found in detections:
+        result = policy.decide(found)
+        detection = result.detection
+        await detections_topic.send(key=decision_key(detection.scope, detection.value).encode(),
+                                    value=detection.to_json())
+        counters.incr("detections_emitted")
+        counters.incr(f"detections_{detection.detector}")
+        decision = result.decision
+        if decision is None:
+            counters.incr(f"decisions_skipped_{result.outcome}")
+            log.info("%s detection (%s, no decision): %s", detection.detector, result.outcome,
+                     detection.summary)
+            continue
+        await decisions_topic.send(key=decision.key().encode(), value=decision.to_json())
+        counters.incr("decisions_emitted")
+        log.warning("%s %s until %s: %s", decision.action, decision.key(), decision.expires_at.isoformat(),
+                    detection.summary)
+
+
+def detect_each(detect: Callable[[T], list[Detection]], items: Iterable[T], what: str) -> list[Detection]:
+    """``detect(item)`` for every item, concatenated. An unexpected error on one item is
+    logged and counted (``detector_errors``) and the others go on: a crashed agent would
+    silently stop all detection."""
+    out: list[Detection] = []
+    for item in items:
+        try:
+            out += detect(item)
+        except Exception:
+            counters.incr("detector_errors")
+            log.exception("%s detector failed on %r", what, getattr(item, "event_id", item))
+    return out

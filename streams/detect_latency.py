@@ -1,0 +1,59 @@
+"""Agent: latency regression per route over samples re-keyed by route
+(``topic_requests_by_route``), so each route's windows live on one partition.
+
+A by-route partition merges the samples of every request partition, each in
+event-time order but at its own pace; a minute window closes once the
+partition's low watermark — the least progress of its active sources
+(:mod:`streams.watermarks`) — has passed its end plus ``allowed_lateness_s``.
+So samples are added first, then each partition's series are flushed up to
+that partition's watermark. Alert only: the policy issues no decision.
+"""
+
+from __future__ import annotations
+
+import time
+
+from detectors.latency import LatencyRegressionDetector
+from streams import counters
+from streams.app import app, settings
+from streams.decide import detect_each, publish
+from streams.merged import SOURCE_IDLE_S
+from streams.rekey import unpack_samples
+from streams.topics import by_route_topic, parse_or_count
+from streams.watermarks import SourceWatermarks, to_datetime
+
+detector = LatencyRegressionDetector.from_settings(settings.latency)
+watermarks = SourceWatermarks(expected_sources=settings.requests_partitions, idle_s=SOURCE_IDLE_S)
+series_of_partition: dict[int, set[str]] = {}
+
+
+@app.agent(by_route_topic)
+async def detect_latency(stream):  # type: ignore[no-untyped-def]
+    """Consume batches of latency samples; emit regression and recovery detections."""
+    async for batch in stream.take_events(settings.detector_batch_size,
+                                          within=settings.detector_batch_within_s):
+        now_s = time.monotonic()
+        touched: set[int] = set()
+        for item in batch:
+            message = parse_or_count(unpack_samples, item.value, "malformed_by_route")
+            if message is None:
+                continue
+            partition = item.message.partition
+            touched.add(partition)
+            watermarks.update(partition, message.progress, now_s)
+            if message.series is not None:
+                series_of_partition.setdefault(partition, set()).add(message.series)
+                for ts, latency_ms, event_id in message.samples:
+                    detector.add(message.series, ts, latency_ms, event_id)
+        late = detector.late_samples
+        found = []
+        for partition in touched:
+            watermark = watermarks.watermark(partition, now_s)
+            if watermark is not None:
+                now = to_datetime(watermark)
+                found += detect_each(lambda names: detector.flush(now, names),
+                                     [series_of_partition.get(partition, set())], "latency")
+        if late:
+            counters.incr("latency_late_samples", late)
+            detector.late_samples = 0
+        await publish(found)

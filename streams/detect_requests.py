@@ -1,0 +1,95 @@
+"""Agent: the request stream (keyed by client IP) — per-IP credential stuffing, and
+re-keying for the detectors keyed otherwise (:mod:`streams.rekey`).
+
+Batches of up to ``detector_batch_size`` events, or what arrived within
+``detector_batch_within_s`` (a few ms: the decision path waits on it). Each
+event is parsed once; malformed ones are counted (``detector_skipped_malformed``)
+and skipped. Detections go out first (:func:`streams.decide.publish`), then
+the re-keyed batches.
+
+One detector per source partition: each partition is one in-order stream and
+holds every event of its IPs (the gateway keys by IP), so ``now`` is the
+event's own ``ts`` and the per-IP windows are exact with any number of
+workers. A detector of a partition this worker no longer reads just stops
+receiving events (a rebalance starts the moved windows empty: a bounded miss,
+never a false ban).
+
+For the watermarks of the merged, re-keyed streams (:mod:`streams.watermarks`)
+the agent tracks the newest event time of each partition it reads, sends it
+with every re-keyed message and, every :data:`PROGRESS_EVERY_S` seconds, to
+every partition of the three re-keyed topics.
+"""
+
+from __future__ import annotations
+
+import time
+
+from detectors.credential_stuffing import CredentialStuffingDetector
+from gatewatch.broker import topic_partitions
+from gatewatch.events import Detection, RequestEvent, parse_request_event
+from streams.app import app, settings
+from streams.decide import detect_each, publish
+from streams.rekey import Rekeyed, pack_event_progress, pack_events, pack_progress, pack_samples, sort_event
+from streams.topics import by_principal_topic, by_route_topic, logins_topic, parse_or_count, requests_topic
+
+#: Seconds (processing time) between progress messages to every re-keyed partition.
+PROGRESS_EVERY_S = 1.0
+
+detectors: dict[int, CredentialStuffingDetector] = {}  # source partition -> per-IP detector
+progress: dict[int, float] = {}  # source partition -> newest event time processed (epoch s)
+_last_broadcast_s = 0.0
+
+
+def _detector(partition: int) -> CredentialStuffingDetector:
+    detector = detectors.get(partition)
+    if detector is None:
+        detector = detectors[partition] = CredentialStuffingDetector.from_settings(
+            settings.credential_stuffing, rules=("ip",))
+    return detector
+
+
+@app.agent(requests_topic)
+async def detect_requests(stream):  # type: ignore[no-untyped-def]
+    """Consume request events in batches; emit per-IP detections; re-key the rest."""
+    async for batch in stream.take_events(settings.detector_batch_size,
+                                          within=settings.detector_batch_within_s):
+        parsed: list[tuple[int, RequestEvent, bytes]] = []
+        for item in batch:
+            event = parse_or_count(parse_request_event, item.value, "detector_skipped_malformed")
+            if event is not None:
+                partition = item.message.partition
+                parsed.append((partition, event, item.value))
+                epoch = event.ts.timestamp()
+                if epoch > progress.get(partition, 0.0):
+                    progress[partition] = epoch
+        await publish(detect_each(_per_ip, parsed, "credential-stuffing (ip)"))
+        rekeyed = Rekeyed()
+        for _, event, raw in parsed:
+            sort_event(rekeyed, event, raw)
+        await _forward(rekeyed)
+
+
+def _per_ip(item: tuple[int, RequestEvent, bytes]) -> list[Detection]:
+    partition, event, _ = item
+    return _detector(partition).process(event, now=event.ts)
+
+
+async def _forward(rekeyed: Rekeyed) -> None:
+    global _last_broadcast_s
+    for message in pack_events(rekeyed.logins, progress):
+        await logins_topic.send(key=b"logins", value=message)
+    for key, raws in rekeyed.by_principal.items():
+        for message in pack_events(raws, progress):
+            await by_principal_topic.send(key=key, value=message)
+    for series, samples in rekeyed.by_route.items():
+        for message in pack_samples(series, samples, progress):
+            await by_route_topic.send(key=series, value=message)
+    now = time.monotonic()
+    if progress and now - _last_broadcast_s >= PROGRESS_EVERY_S:
+        _last_broadcast_s = now
+        partitions = topic_partitions(settings)
+        events_only, samples_only = pack_event_progress(progress), pack_progress(progress)
+        for topic, message in ((logins_topic, events_only), (by_principal_topic, events_only),
+                               (by_route_topic, samples_only)):
+            for partition in range(partitions[topic.get_topic_name()]):
+                await topic.send(key=b"progress", value=message, partition=partition)

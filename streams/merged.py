@@ -1,0 +1,51 @@
+"""Running a detector over a re-keyed event stream (by principal, logins), which merges
+the request partitions: each message's events go through the detector with ``now``
+= the low watermark of its partition *before* this batch (:mod:`streams.watermarks`),
+so state a lagging source still needs is never forgotten; then the batch's
+progress reports move the watermarks on.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from gatewatch.events import Detection
+from streams import counters
+from streams.app import settings
+from streams.decide import detect_each
+from streams.rekey import unpack_events
+from streams.topics import parse_or_count
+from streams.watermarks import SourceWatermarks, to_datetime
+
+#: A request partition silent for this long (processing time, s) no longer holds back a watermark.
+SOURCE_IDLE_S = 10.0
+
+
+class MergedInput:
+    """The watermarks of one re-keyed topic and the loop body of its agent."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.watermarks = SourceWatermarks(expected_sources=settings.requests_partitions,
+                                           idle_s=SOURCE_IDLE_S)
+
+    def detect(self, items: Iterable[Any], detector: Any) -> list[Detection]:
+        """Unpack a batch of Faust events and run ``detector`` over their request events."""
+        now_s = time.monotonic()
+        found: list[Detection] = []
+        reports = []
+        for item in items:
+            batch = parse_or_count(unpack_events, item.value, f"malformed_{self.kind}")
+            if batch is None:
+                continue
+            partition = item.message.partition
+            if batch.malformed:
+                counters.incr(f"malformed_{self.kind}", batch.malformed)
+            now = to_datetime(self.watermarks.watermark(partition, now_s))
+            found += detect_each(lambda event: detector.process(event, now=now), batch.events, self.kind)
+            reports.append((partition, batch.progress))
+        for partition, progress in reports:
+            self.watermarks.update(partition, progress, now_s)
+        return found
