@@ -1,9 +1,9 @@
 """Panel builders over named queries, and :func:`assemble` for a whole dashboard.
 
 Each helper takes the name of a :mod:`dashboards.panels` query, so a panel's
-SQL is never written here; the query's format decides nothing by itself —
-helpers check that a time-series panel gets a time-series query and the
-others get tables, so a mismatch fails at build time.
+SQL is never written here. Helpers check that a time-series panel gets a
+time-series query and the other panels get table queries, so a mismatch
+fails at build time rather than in Grafana.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ UID = "gatewatch-overview"
 def build() -> dashboard.Dashboard:
     """Build the Overview dashboard."""
     return assemble(UID, "gatewatch · Overview", "Traffic through the gateway and how it was answered.", [
-        Row("Totals", [stat("overview_totals", "Requests in range")]),
+        Row("Totals", [stat("overview_totals", "Totals in range")]),
         Row("Traffic", [
             timeseries("overview_traffic", "Requests per second by who answered", unit="reqps", stacked=True),
             timeseries("overview_status_mix", "Status mix", stacked=True, bars=True),

@@ -354,7 +354,7 @@ _QUERIES: list[PanelQuery] = [
         description="p95 per route in the range against the same length of time just before it.",
         columns=_cols("series:label requests:value p95_ms:value previous_p95_ms:value ratio:value"),
         sql="""
-        WITH $__fromTime AS t0, $__toTime AS t1, t0 - (t1 - t0) AS t_prev
+        WITH $__fromTime AS t0, $__toTime AS t1, t0 - toIntervalSecond(dateDiff('second', t0, t1)) AS t_prev
         SELECT concat(method, ' ', route) AS series,
                countIf(ts >= t0) AS requests,
                quantileIf(0.95)(latency_ms, ts >= t0) AS p95_ms,

@@ -149,3 +149,12 @@ def test_alert_rules_file() -> None:
         board = next(b for b in BOARDS.values() if b["uid"] == rule["annotations"]["__dashboardUid__"])
         panel = next(p for p in board["panels"] if str(p["id"]) == rule["annotations"]["__panelId__"])
         assert SQL_TO_NAME[panel["targets"][0]["rawSql"]] == LINKED_PANEL[spec.uid]
+
+
+def test_the_cli_does_not_load_dashboards_until_a_dashboards_command_runs() -> None:
+    code = ("import sys, gatewatch.cli; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('dashboards', 'grafana_foundation_sdk', "
+            "'grafana_client')))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
