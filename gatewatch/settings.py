@@ -17,9 +17,9 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -88,10 +88,54 @@ class IntrospectionSettings(BaseModel):
 
 
 class RateLimit(BaseModel):
-    """A GCRA / token-bucket limit: ``rate_per_s`` sustained, ``burst`` requests at once."""
+    """A GCRA / token-bucket limit: ``rate_per_s`` sustained, ``burst`` requests at once.
 
-    rate_per_s: float
-    burst: int
+    Also written as the text ``"RATE:BURST"`` (``"5:10"``: 5 requests/s, bursts of 10).
+    """
+
+    rate_per_s: float = Field(gt=0, allow_inf_nan=False)
+    burst: int = Field(ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_text(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            rate, sep, burst = value.strip().partition(":")
+            if not sep:
+                raise ValueError(f"rate limit {value!r} is not 'RATE:BURST'")
+            return {"rate_per_s": rate, "burst": burst}
+        return value
+
+
+class RateLimitPolicy(BaseModel):
+    """One rate-limit policy of the gateway (see inline/ratelimit_policy.py).
+
+    Every policy whose ``route`` and ``methods`` match a request applies to it
+    (all of them must allow it). ``route``: ``"*"`` (every route), a route
+    template (``"/login"``, ``"/users/{id}"``) or a prefix ending in ``*``
+    (``"/admin/*"``). ``key``: what is counted — the client IP or the
+    principal (requests without a principal are not counted by a principal
+    policy). ``limit`` is the default limit; ``tiers`` maps an API key's tier
+    to its own limit (``null`` = unlimited); a tier not listed gets
+    ``limit`` or, without one, ``tiers["default"]``. ``per_route``: one
+    counter per route template instead of one for all matched routes.
+    ``name`` identifies the policy in the ``RateLimit-Policy``/``RateLimit``
+    headers, 429 bodies and Redis keys: 1–32 of ``a-z 0-9 _ . -``.
+
+    Example (JSON, as in ``GATEWATCH_RATE_LIMIT_POLICIES``)::
+
+        [{"name": "login", "route": "/login", "methods": ["POST"], "key": "ip", "limit": "0.2:5"},
+         {"name": "api", "route": "*", "key": "principal",
+          "tiers": {"default": "100:200", "gold": "1000:2000"}}]
+    """
+
+    name: str
+    route: str = "*"
+    methods: list[str] = Field(default_factory=list, description="HTTP methods; empty = all.")
+    key: Literal["ip", "principal"]
+    limit: RateLimit | None = None
+    tiers: dict[str, RateLimit | None] = Field(default_factory=dict)
+    per_route: bool = False
 
 
 class CircuitBreakerSettings(BaseModel):
@@ -239,8 +283,24 @@ class GatewatchSettings(BaseSettings):
     username_hash_key: str = Field(
         "gatewatch-dev-username-key",
         description="Secret for the keyed username hash (HMAC-SHA256). Change it in production.")
+    # Rate limits (inline/ratelimit.py): the default policies "ip" (every request, per
+    # client IP) and "principal" (per API key id / token subject; its limit follows the
+    # key's tier through principal_rate_limit_tiers), then rate_limit_policies.
     ip_rate_limit: RateLimit = RateLimit(rate_per_s=50.0, burst=100)
     principal_rate_limit: RateLimit = RateLimit(rate_per_s=100.0, burst=200)
+    principal_rate_limit_tiers: dict[str, RateLimit | None] = Field(
+        default_factory=dict, description="Limit of the 'principal' policy per API-key tier (null: none).")
+    rate_limit_policies: list[RateLimitPolicy] = Field(
+        default_factory=list, description="Further policies per route × IP or principal, with tiers.")
+    rate_limit_headers: bool = Field(
+        True, description="Send RateLimit-Policy and RateLimit (draft-ietf-httpapi-ratelimit-headers).")
+    rate_limit_redis_url: str | None = Field(
+        None, description="redis:// URL of the shared limiter state; None: in-process state.")
+    rate_limit_redis_timeout_ms: int = Field(
+        5, ge=1, description="Longest wait for Redis per request before failing open/closed.")
+    rate_limit_redis_prefix: str = "gatewatch:rl:"
+    rate_limit_fail_open: bool = Field(
+        True, description="Redis slow or down: let requests pass (true) or answer 503 (false).")
     event_queue_max: int = 100_000
     # Client identity: X-Forwarded-For / Forwarded are read only from these peers (CIDRs).
     trusted_proxies: list[str] = Field(default_factory=list)

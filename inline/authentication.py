@@ -131,13 +131,16 @@ class Identity:
     (key id or token subject, ``""`` if none), a human ``detail`` for
     refusals, the ``scheme`` of the credential that was judged (``ApiKey``,
     ``Bearer``, or ``""`` when none was sent) and, for refused bearer
-    tokens, the RFC 6750 §3.1 ``error`` code. Never holds the credential."""
+    tokens, the RFC 6750 §3.1 ``error`` code; ``tier``: the API key's tier
+    (``""`` for bearer tokens and refusals), which rate-limit policies follow.
+    Never holds the credential."""
 
     auth: AuthResult
     principal: str = ""
     detail: str = ""
     scheme: Literal["", "ApiKey", "Bearer"] = ""
     error: str | None = None
+    tier: str = ""
 
     @property
     def refused(self) -> bool:
@@ -178,7 +181,7 @@ def identify(presented: Sequence[str], keys: Mapping[str, ApiKey], public: bool,
     key = keys.get(hash_key(values[0]))
     if key is None:
         return Identity("invalid", detail="unknown API key", scheme="ApiKey")
-    return Identity("ok", principal=key.id, scheme="ApiKey")
+    return Identity("ok", principal=key.id, scheme="ApiKey", tier=key.tier)
 
 
 @dataclass(frozen=True)
@@ -426,6 +429,7 @@ class Authentication:
             logger.exception("authentication failed unexpectedly; refusing the request")
             ident = Identity("invalid", detail="authentication error")
         facts.auth, facts.principal, facts.auth_detail = ident.auth, ident.principal, ident.detail
+        facts.tier = ident.tier
         flow.metadata[IDENTITY_KEY] = ident
         return ident
 

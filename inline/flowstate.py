@@ -35,7 +35,9 @@ class FlowFacts:
     could not be parsed (``bad_path`` then says why). ``auth_detail`` is None
     until authentication has run, then the reason of a refusal (``""`` if
     none). ``answered_by`` stays ``"upstream"`` unless an addon answered the
-    request itself.
+    request itself. ``tier`` is the API key's tier (:attr:`gatewatch.keys.ApiKey.tier`)
+    once authentication identified a key, ``""`` otherwise (bearer tokens, no
+    credential); rate-limit policies choose their limit by it.
     """
 
     event_id: str
@@ -44,6 +46,7 @@ class FlowFacts:
     route: str = ""
     bad_path: str | None = None
     principal: str = ""
+    tier: str = ""
     auth: AuthResult = "public"
     auth_detail: str | None = None
     answered_by: AnsweredBy = "upstream"

@@ -31,7 +31,15 @@ gatewatch_spool_bytes                       gauge    bytes of events waiting on 
 gatewatch_broker_send_latency_seconds       histo.   send → broker acknowledgement
 gatewatch_decisions_active                  gauge    decisions held by enforcement
 gatewatch_decision_messages_malformed_total counter  skipped decision messages
+gatewatch_ratelimit_backend_errors_total    counter  requests the rate limiter's Redis did not
+                                                     judge: reason (``timeout``, ``error``,
+                                                     ``down``), outcome (``fail_open``,
+                                                     ``fail_closed``)
 ==========================================  =======  =====================================
+
+Under the minimal master (:mod:`inline.serve`) the gatewatch addons sit
+inside one :class:`inline.chain.Chain`, where mitmproxy's addon lookup
+cannot see them; :func:`_addon` looks through the chain's members too.
 """
 
 from __future__ import annotations
@@ -98,13 +106,28 @@ class _Collector:
             yield _gauge("gatewatch_decisions_active", "Decisions held by the gateway.", len(enforcement.store))
             yield _counter("gatewatch_decision_messages_malformed", "Decision messages skipped as malformed.",
                            (), {(): enforcement.stats.malformed})
+        ratelimit = _addon("ratelimit")
+        if ratelimit is not None:
+            yield _counter("gatewatch_ratelimit_backend_errors",
+                           "Requests the rate limiter's Redis did not judge (slow or down), by reason and outcome.",
+                           ("reason", "outcome"), dict(ratelimit.backend_errors))
 
 
 def _addon(name: str) -> Any:
+    """The addon called ``name`` (mitmproxy's naming: ``name`` attribute or lower-case
+    class name), also among the members of a :class:`inline.chain.Chain`; None if absent."""
     try:
-        return ctx.master.addons.get(name)
+        manager = ctx.master.addons
     except Exception:  # no master (unit tests without a context)
         return None
+    found = manager.get(name)
+    if found is not None:
+        return found
+    for addon in manager.chain:
+        for member in getattr(addon, "members", ()):
+            if getattr(member, "name", type(member).__name__.lower()) == name:
+                return member
+    return None
 
 
 def _counter(name: str, doc: str, labels: tuple[str, ...], values: dict[tuple[str, ...], int]) -> Metric:
@@ -201,7 +224,7 @@ class Metrics:
             return
         if facts.answered_by == "auth":
             self.auth_failures[facts.auth] += 1
-        elif facts.answered_by == "rate_limit":
+        elif facts.answered_by == "rate_limit" and status == 429:
             self.rate_limited[flowtags.blocked_scope(flow) or "unknown"] += 1
         elif facts.answered_by == "decision" and status == 403:
             self.blocked[flowtags.blocked_scope(flow) or "unknown"] += 1

@@ -1,4 +1,4 @@
-"""GCRA rate limiting (inline/ratelimit.py)."""
+"""GCRA rate limiting (inline/gcra.py, the addon in inline/ratelimit.py)."""
 
 from __future__ import annotations
 
@@ -121,7 +121,7 @@ def test_addon_per_ip_and_per_principal():
                 statuses.append(flow.response.status_code)
             assert statuses == [200, 200, 429]
             assert flow.response.headers["Retry-After"] == "1"
-            assert json.loads(flow.response.content) == {"error": "rate_limited", "scope": "ip",
+            assert json.loads(flow.response.content) == {"error": "rate_limited", "scope": "ip", "policy": "ip",
                                                          "retry_after_s": 1}
             assert get_facts(flow).answered_by == "rate_limit"
             # Another IP has its own budget.
