@@ -41,10 +41,11 @@ async def detect_latency(stream):  # type: ignore[no-untyped-def]
             partition = item.message.partition
             touched.add(partition)
             watermarks.update(partition, message.progress, now_s)
-            if message.series is not None:
-                series_of_partition.setdefault(partition, set()).add(message.series)
-                for ts, latency_ms, event_id in message.samples:
-                    detector.add(message.series, ts, latency_ms, event_id)
+            for series, samples in message.by_series.items():
+                counters.incr("events_by_route", len(samples))
+                series_of_partition.setdefault(partition, set()).add(series)
+                for ts, latency_ms, event_id in samples:
+                    detector.add(series, ts, latency_ms, event_id)
         late = detector.late_samples
         found = []
         for partition in touched:

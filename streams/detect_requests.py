@@ -27,14 +27,16 @@ import time
 from detectors.credential_stuffing import CredentialStuffingDetector
 from gatewatch.broker import topic_partitions
 from gatewatch.events import Detection, RequestEvent, parse_request_event
+from streams import counters
 from streams.app import app, settings
 from streams.decide import detect_each, publish
-from streams.rekey import Rekeyed, pack_event_progress, pack_events, pack_progress, pack_samples, sort_event
+from streams.rekey import Rekeyed, pack_event_progress, pack_events, pack_samples, sort_event
 from streams.topics import by_principal_topic, by_route_topic, logins_topic, parse_or_count, requests_topic
 
 #: Seconds (processing time) between progress messages to every re-keyed partition.
 PROGRESS_EVERY_S = 1.0
 
+PARTITIONS = topic_partitions(settings)
 detectors: dict[int, CredentialStuffingDetector] = {}  # source partition -> per-IP detector
 progress: dict[int, float] = {}  # source partition -> newest event time processed (epoch s)
 _last_broadcast_s = 0.0
@@ -62,8 +64,10 @@ async def detect_requests(stream):  # type: ignore[no-untyped-def]
                 epoch = event.ts.timestamp()
                 if epoch > progress.get(partition, 0.0):
                     progress[partition] = epoch
+        counters.incr("events_requests", len(batch))
         await publish(detect_each(_per_ip, parsed, "credential-stuffing (ip)"))
-        rekeyed = Rekeyed()
+        rekeyed = Rekeyed(PARTITIONS[settings.topic_requests_by_principal],
+                          PARTITIONS[settings.topic_requests_by_route])
         for _, event, raw in parsed:
             sort_event(rekeyed, event, raw)
         await _forward(rekeyed)
@@ -77,19 +81,18 @@ def _per_ip(item: tuple[int, RequestEvent, bytes]) -> list[Detection]:
 async def _forward(rekeyed: Rekeyed) -> None:
     global _last_broadcast_s
     for message in pack_events(rekeyed.logins, progress):
-        await logins_topic.send(key=b"logins", value=message)
-    for key, raws in rekeyed.by_principal.items():
+        await logins_topic.send(value=message, partition=0)
+    for partition, raws in rekeyed.by_principal.items():
         for message in pack_events(raws, progress):
-            await by_principal_topic.send(key=key, value=message)
-    for series, samples in rekeyed.by_route.items():
-        for message in pack_samples(series, samples, progress):
-            await by_route_topic.send(key=series, value=message)
+            await by_principal_topic.send(value=message, partition=partition)
+    for partition, by_series in rekeyed.by_route.items():
+        for message in pack_samples(by_series, progress):
+            await by_route_topic.send(value=message, partition=partition)
     now = time.monotonic()
     if progress and now - _last_broadcast_s >= PROGRESS_EVERY_S:
         _last_broadcast_s = now
-        partitions = topic_partitions(settings)
-        events_only, samples_only = pack_event_progress(progress), pack_progress(progress)
+        events_only, samples_only = pack_event_progress(progress), next(pack_samples({}, progress))
         for topic, message in ((logins_topic, events_only), (by_principal_topic, events_only),
                                (by_route_topic, samples_only)):
-            for partition in range(partitions[topic.get_topic_name()]):
-                await topic.send(key=b"progress", value=message, partition=partition)
+            for partition in range(PARTITIONS[topic.get_topic_name()]):
+                await topic.send(value=message, partition=partition)

@@ -44,6 +44,7 @@ class MergedInput:
             if batch.malformed:
                 counters.incr(f"malformed_{self.kind}", batch.malformed)
             now = to_datetime(self.watermarks.watermark(partition, now_s))
+            counters.incr(f"events_{self.kind}", len(batch.events))
             found += detect_each(lambda event: detector.process(event, now=now), batch.events, self.kind)
             reports.append((partition, batch.progress))
         for partition, progress in reports:

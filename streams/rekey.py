@@ -1,28 +1,29 @@
 """Re-keying the request stream for the detectors that are not keyed by client IP.
 
 Requests arrive keyed by client IP. Three detectors need another key, so the
-request agent (:mod:`streams.detect_requests`) sorts each batch it has
-parsed and sends it on, batched (one Kafka message per key and batch, not per
-event — per-message overhead would dominate):
+request agent (:mod:`streams.detect_requests`) sorts each batch it has parsed
+and sends it on. A key's partition is computed here exactly as Kafka's default
+partitioner would (murmur2 of the key, :func:`partition_for`), and each batch
+becomes **one message per destination partition**, not one per key or event
+— per-message overhead would dominate (a batch of 1000 requests from 400
+principals is 4 messages, not 400):
 
-* **by principal** (``topic_requests_by_principal``, key ``principal:<id>`` or
-  ``ip:<addr>`` for anonymous callers): upstream answers on routes with a
-  ``{parameter}``, as ``{"progress": {...}, "events": [original event JSON, ...]}``
-  — BOLA state per principal lives on one partition;
-* **by route** (``topic_requests_by_route``, key ``"METHOD /route"``): only what the
-  latency detector reads, ``{"series": ..., "samples": [[epoch_s, latency_ms,
-  event_id], ...], "progress": {source partition: epoch_s}}`` — a tenth of the
-  bytes of the events, plus how far each source partition of the request agent
-  has got in event time (:mod:`streams.watermarks`); a message with
-  ``"series": null`` carries progress only;
+* **by principal** (``topic_requests_by_principal``; key of an event:
+  ``principal:<id>``, or ``ip:<addr>`` for anonymous callers): upstream answers
+  on routes with a ``{parameter}``, as ``{"progress": {...}, "events": [original
+  event JSON, ...]}`` — every event of one principal lands on one partition, so
+  its BOLA state lives on one worker;
+* **by route** (``topic_requests_by_route``; key ``"METHOD /route"``): only what
+  the latency detector reads, ``{"progress": {...}, "samples": {"GET /x":
+  [[epoch_s, latency_ms, event_id], ...], ...}}`` — a tenth of the bytes;
 * **logins** (``topic_logins``, one partition): upstream-answered login
-  attempts, in the same shape — the prefix/ASN/username/global windows of the
-  credential-stuffing detector see every login, whatever the worker.
+  attempts, shaped like the by-principal messages — the prefix/ASN/username/global
+  windows of the credential-stuffing detector see every login, whatever the worker.
 
 ``progress`` maps each source partition of the request topic that the sending
 agent reads to the newest event time it has processed (epoch seconds): the
 receiving agents derive their low watermark from it (:mod:`streams.watermarks`).
-Messages with no events/samples carry progress only.
+Messages with no events or samples carry progress only.
 
 Messages stay under :data:`MAX_MESSAGE_BYTES` (Kafka's default limit is 1 MB).
 Pure functions, no Faust: unit-tested on their own.
@@ -37,6 +38,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from aiokafka.partitioner import murmur2
+
 from detectors.latency import series_of
 from gatewatch.events import MalformedRecord, RequestEvent, parse_request_event
 
@@ -46,14 +49,23 @@ MAX_MESSAGE_BYTES = 256 * 1024
 SAMPLES_PER_MESSAGE = 4000
 
 
+def partition_for(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner (Java client, aiokafka, kafka-python)
+    gives ``key`` among ``partitions``: murmur2, positive, modulo."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
 @dataclass
 class Rekeyed:
-    """One batch sorted by destination: raw event JSON by principal key, latency samples
-    by series, raw login events."""
+    """One batch sorted by destination partition: raw event JSON for the by-principal
+    partitions, latency samples by series for the by-route partitions, raw logins."""
 
-    by_principal: dict[bytes, list[bytes]] = field(default_factory=dict)
-    by_route: dict[bytes, list[list[Any]]] = field(default_factory=dict)
+    principal_partitions: int
+    route_partitions: int
+    by_principal: dict[int, list[bytes]] = field(default_factory=dict)
+    by_route: dict[int, dict[str, list[list[Any]]]] = field(default_factory=dict)
     logins: list[bytes] = field(default_factory=list)
+    _route_partition: dict[str, int] = field(default_factory=dict)
 
 
 def principal_key(event: RequestEvent) -> bytes:
@@ -68,10 +80,15 @@ def sort_event(out: Rekeyed, event: RequestEvent, raw: bytes) -> None:
     if event.login is not None:
         out.logins.append(raw)
     if "{" in event.route:
-        out.by_principal.setdefault(principal_key(event), []).append(raw)
+        partition = partition_for(principal_key(event), out.principal_partitions)
+        out.by_principal.setdefault(partition, []).append(raw)
     latency = event.latency_ms
     if latency >= 0 and math.isfinite(latency):
-        out.by_route.setdefault(series_of(event).encode(), []).append(
+        series = series_of(event)
+        partition = out._route_partition.get(series)
+        if partition is None:
+            partition = out._route_partition[series] = partition_for(series.encode(), out.route_partitions)
+        out.by_route.setdefault(partition, {}).setdefault(series, []).append(
             [event.ts.timestamp(), latency, event.event_id])
 
 
@@ -97,23 +114,28 @@ def pack_event_progress(progress: dict[int, float]) -> bytes:
     return b'{"progress":' + _json(progress) + b',"events":[]}'
 
 
+def pack_samples(by_series: dict[str, list[list[Any]]], progress: dict[int, float],
+                 per_message: int = SAMPLES_PER_MESSAGE) -> Iterator[bytes]:
+    """Messages of at most ``per_message`` latency samples (of one or more series), each
+    with ``progress``; a single progress-only message when there are no samples."""
+    chunk: dict[str, list[list[Any]]] = {}
+    size = 0
+    for series, samples in by_series.items():
+        start = 0
+        while start < len(samples):
+            take = samples[start:start + per_message - size]
+            chunk.setdefault(series, []).extend(take)
+            size += len(take)
+            start += len(take)
+            if size >= per_message:
+                yield _json({"progress": progress, "samples": chunk})
+                chunk, size = {}, 0
+    if chunk or not by_series:
+        yield _json({"progress": progress, "samples": chunk})
+
+
 def _json(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode()
-
-
-def pack_samples(series: bytes, samples: list[list[Any]], progress: dict[int, float],
-                 per_message: int = SAMPLES_PER_MESSAGE) -> Iterator[bytes]:
-    """Messages of at most ``per_message`` latency samples of one series, each with
-    ``progress`` (source partition -> newest event time processed, epoch seconds)."""
-    name = series.decode()
-    for start in range(0, len(samples), per_message):
-        yield json.dumps({"series": name, "samples": samples[start:start + per_message],
-                          "progress": progress}, separators=(",", ":")).encode()
-
-
-def pack_progress(progress: dict[int, float]) -> bytes:
-    """A message with progress only (sent to every by-route partition now and then)."""
-    return json.dumps({"series": None, "samples": [], "progress": progress}, separators=(",", ":")).encode()
 
 
 @dataclass(frozen=True)
@@ -151,27 +173,22 @@ def _progress(raw: Any) -> dict[int, float]:
 
 @dataclass(frozen=True)
 class Samples:
-    """An unpacked by-route message."""
+    """An unpacked by-route message: series -> [(ts, latency_ms, event_id)], and progress."""
 
-    series: str | None
-    samples: list[tuple[datetime, float, str]]  # (ts, latency_ms, event_id)
+    by_series: dict[str, list[tuple[datetime, float, str]]]
     progress: dict[int, float]
 
 
 def unpack_samples(value: bytes) -> Samples:
-    """The series, samples and progress of a by-route message.
-
-    Raises :class:`MalformedRecord` on a message of another shape.
-    """
+    """Unpack a by-route message. Raises :class:`MalformedRecord` on another shape."""
     try:
         doc = json.loads(value)
-        series = doc["series"]
-        samples = [(datetime.fromtimestamp(float(t), tz=timezone.utc), float(ms), str(eid))
-                   for t, ms, eid in doc["samples"]]
+        by_series = {
+            str(series): [(datetime.fromtimestamp(float(t), tz=timezone.utc), float(ms), str(eid))
+                          for t, ms, eid in samples]
+            for series, samples in doc["samples"].items()}
         progress = _progress(doc.get("progress", {}))
     except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError, OverflowError,
             OSError) as exc:
         raise MalformedRecord(f"malformed latency samples: {exc!r}") from None
-    if not (isinstance(series, str) or (series is None and not samples)):
-        raise MalformedRecord("latency samples without a series name")
-    return Samples(series, samples, progress)
+    return Samples(by_series, progress)

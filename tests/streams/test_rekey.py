@@ -1,15 +1,15 @@
-"""Re-keying helpers, in process: which events go where, packing under the size
-limit, unpacking what was packed, malformed messages."""
+"""Re-keying helpers, in process: which events go where (and to which partition),
+packing under the size limit, unpacking what was packed, malformed messages."""
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from aiokafka.partitioner import DefaultPartitioner
 
 from gatewatch.events import MalformedRecord, RequestEvent
-from streams.rekey import (Rekeyed, pack_event_progress, pack_events, pack_progress, pack_samples, sort_event,
+from streams.rekey import (Rekeyed, pack_event_progress, pack_events, pack_samples, partition_for, sort_event,
                            unpack_events, unpack_samples)
 
 T0 = datetime(2025, 3, 1, 12, tzinfo=timezone.utc)
@@ -22,11 +22,16 @@ def _event(i: int, **kw) -> RequestEvent:
     return RequestEvent(**(fields | kw))
 
 
-def _sorted(*events: RequestEvent) -> Rekeyed:
-    out = Rekeyed()
+def _sorted(*events: RequestEvent, partitions: int = 4) -> Rekeyed:
+    out = Rekeyed(partitions, partitions)
     for event in events:
         sort_event(out, event, event.to_json())
     return out
+
+
+def test_partitions_are_kafkas_default_partitioner() -> None:
+    for key in (b"principal:key-1", b"ip:198.51.100.7", b"GET /orders/{id}", b""):
+        assert partition_for(key, 4) == DefaultPartitioner()(key, [0, 1, 2, 3], [0, 1, 2, 3])
 
 
 def test_events_go_where_their_detectors_need_them() -> None:
@@ -34,13 +39,26 @@ def test_events_go_where_their_detectors_need_them() -> None:
     login = _event(3, path="/login", route="/login", method="POST", login="failure", username_hash="u")
     gateway = _event(4, answered_by="decision", status=403, latency_ms=0.0)
     out = _sorted(_event(1), anon, login, gateway)
-    assert sorted(out.by_principal) == [b"ip:198.51.100.7", b"principal:key-1"]
+    expected: dict[int, list[bytes]] = {}
+    for key, event in ((b"principal:key-1", _event(1)), (b"ip:198.51.100.7", anon)):
+        expected.setdefault(partition_for(key, 4), []).append(event.to_json())
+    assert out.by_principal == expected
     assert out.logins == [login.to_json()]
-    assert sorted(out.by_route) == [b"GET /orders/{id}", b"POST /login"]
-    assert out.by_route[b"GET /orders/{id}"] == [[_event(1).ts.timestamp(), 12.5, "e1"],
-                                                 [anon.ts.timestamp(), 12.5, "e2"]]
+    orders, logins = partition_for(b"GET /orders/{id}", 4), partition_for(b"POST /login", 4)
+    assert out.by_route[orders]["GET /orders/{id}"] == [[_event(1).ts.timestamp(), 12.5, "e1"],
+                                                         [anon.ts.timestamp(), 12.5, "e2"]]
+    assert out.by_route[logins]["POST /login"] == [[login.ts.timestamp(), 12.5, "e3"]]
     # gateway answers reach no detector; NaN latencies are not samples
     assert not _sorted(gateway).by_route and not _sorted(_event(5, latency_ms=float("nan"))).by_route
+
+
+def test_many_principals_make_one_message_per_partition() -> None:
+    events = [_event(i, principal=f"key-{i}") for i in range(400)]
+    out = _sorted(*events, partitions=4)
+    assert len(out.by_principal) == 4 and sum(len(v) for v in out.by_principal.values()) == 400
+    for partition, raws in out.by_principal.items():
+        for event in unpack_events(next(pack_events(raws, {}))).events:
+            assert partition_for(f"principal:{event.principal}".encode(), 4) == partition
 
 
 def test_packed_events_round_trip_under_the_size_limit() -> None:
@@ -59,16 +77,22 @@ def test_packed_events_round_trip_under_the_size_limit() -> None:
 
 
 def test_packed_samples_round_trip() -> None:
-    samples = [[T0.timestamp() + i, float(i), f"e{i}"] for i in range(10)]
+    a = [[T0.timestamp() + i, float(i), f"a{i}"] for i in range(7)]
+    b = [[T0.timestamp() + i, float(i), f"b{i}"] for i in range(3)]
     progress = {0: T0.timestamp() + 9, 3: T0.timestamp()}
-    messages = list(pack_samples(b"GET /x", samples, progress, per_message=4))
+    messages = list(pack_samples({"GET /a": a, "GET /b": b}, progress, per_message=4))
     assert len(messages) == 3
-    got = [s for m in messages for s in unpack_samples(m).samples]
-    assert got == [(T0 + timedelta(seconds=i), float(i), f"e{i}") for i in range(10)]
-    assert {unpack_samples(m).series for m in messages} == {"GET /x"}
-    assert all(unpack_samples(m).progress == progress for m in messages)
-    only = unpack_samples(pack_progress(progress))
-    assert (only.series, only.samples, only.progress) == (None, [], progress)
+    unpacked = [unpack_samples(m) for m in messages]
+    assert all(u.progress == progress for u in unpacked)
+    got: dict[str, list] = {}
+    for u in unpacked:
+        assert sum(len(s) for s in u.by_series.values()) <= 4
+        for series, samples in u.by_series.items():
+            got.setdefault(series, []).extend(samples)
+    assert got == {"GET /a": [(T0 + timedelta(seconds=i), float(i), f"a{i}") for i in range(7)],
+                   "GET /b": [(T0 + timedelta(seconds=i), float(i), f"b{i}") for i in range(3)]}
+    [only] = pack_samples({}, progress)
+    assert unpack_samples(only).by_series == {} and unpack_samples(only).progress == progress
 
 
 def test_malformed_items_are_counted_and_messages_refused() -> None:
@@ -78,8 +102,7 @@ def test_malformed_items_are_counted_and_messages_refused() -> None:
     for raw in (b"not json", b'{"a": 1}', b"\xff", b"[]", b'{"events": {}}', b'{"events": [], "progress": 3}'):
         with pytest.raises(MalformedRecord):
             unpack_events(raw)
-    for raw in (b"[]", b'{"series": 1, "samples": []}', b'{"series": "x", "samples": [[1, 2]]}',
-                b'{"series": null, "samples": [[1, 2, "e"]]}', b'{"series": "x", "samples": [], "progress": []}',
-                json.dumps({"series": "x", "samples": [["t", 1, "e"]]}).encode()):
+    for raw in (b"[]", b'{"samples": []}', b'{"samples": {"x": [[1, 2]]}}', b'{"samples": {"x": [["t", 1, "e"]]}}',
+                b'{"samples": {}, "progress": []}'):
         with pytest.raises(MalformedRecord):
             unpack_samples(raw)
