@@ -33,7 +33,9 @@ call raises :class:`BackendUnavailable` with a reason (``timeout``,
 failures Redis is not asked for :data:`RETRY_S` seconds (reason ``down``),
 so an outage does not cost every request its timeout; the first call after
 that probes it again. redis-py's own retries are off: the timeout is the
-whole budget.
+whole budget. A call that timed out may still have reached Redis and run
+there later: such a request passed (fail open) and was counted too — a
+client is never granted more than it would be without the outage.
 
 Reference: Redis docs "Scripting with Lua" (atomicity, ``EVALSHA``, script
 cache), "TIME"; redis-py ``redis.asyncio`` (``Redis.from_url``,
@@ -59,7 +61,7 @@ logger = logging.getLogger(__name__)
 FAILURES_TO_OPEN = 3
 #: Seconds Redis is not asked after :data:`FAILURES_TO_OPEN` failures.
 RETRY_S = 1.0
-#: Most connections one gateway process opens to Redis; beyond, a call fails (counted).
+#: Most connections one gateway process opens to Redis; beyond, calls wait for one.
 MAX_CONNECTIONS = 64
 #: Backstop socket timeouts of redis-py, seconds (the per-call timeout is much shorter).
 SOCKET_TIMEOUT_S = 1.0
@@ -159,15 +161,19 @@ class RedisGcra:
     """
 
     def __init__(self, spec: RedisSpec, clock: Callable[[], float] = time.monotonic) -> None:
-        from redis.asyncio import Redis
+        from redis.asyncio import BlockingConnectionPool, Redis
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
 
         self.spec = spec
         self.clock = clock
-        self.client = Redis.from_url(
-            spec.url, socket_timeout=SOCKET_TIMEOUT_S, socket_connect_timeout=SOCKET_TIMEOUT_S,
-            retry=Retry(NoBackoff(), 0), max_connections=MAX_CONNECTIONS)
+        # A blocking pool: beyond MAX_CONNECTIONS calls in flight, a call waits for a
+        # connection (within its timeout) instead of failing at once.
+        pool = BlockingConnectionPool.from_url(
+            spec.url, max_connections=MAX_CONNECTIONS, timeout=SOCKET_TIMEOUT_S,
+            socket_timeout=SOCKET_TIMEOUT_S, socket_connect_timeout=SOCKET_TIMEOUT_S,
+            retry=Retry(NoBackoff(), 0))
+        self.client = Redis(connection_pool=pool)
         self.script = self.client.register_script(SCRIPT)
         self.calls = 0
         self._consecutive = 0

@@ -6,7 +6,7 @@ import asyncio
 import json
 
 import pytest
-from mitmproxy import exceptions
+from mitmproxy import exceptions, http
 from mitmproxy.test import taddons
 
 from gatewatch.settings import RateLimit as RateLimitSetting
@@ -174,3 +174,100 @@ def test_allow_listed_clients_are_not_limited():
         assert [f.response.status_code for f in others] == [200, 429]
         assert flowtags.blocked_scope(others[1]) == "ip"
     asyncio.run(go())
+
+
+# --- policies, tiers and the IETF RateLimit fields through the addon ------------------------
+
+def test_allowed_responses_carry_ratelimit_fields():
+    async def go():
+        routes, addon = Routes(), RateLimit(clock=FakeClock())
+        with taddons.context(routes, addon) as tctx:
+            tctx.configure(addon, gatewatch_ip_rate_limit="1:3", gatewatch_principal_rate_limit="off")
+            upstream = http.Response.make(200, b"{}", {"RateLimit": '"upstream";r=5'})
+            flow = await run_flow(tctx, [routes, addon], make_flow(peer="10.0.0.9"), upstream=upstream)
+            assert flow.response.status_code == 200
+            assert flow.response.headers["RateLimit-Policy"] == '"ip";q=3;w=3'
+            # The upstream's own items stay; ours are one more field line.
+            assert flow.response.headers.get_all("RateLimit") == ['"upstream";r=5', '"ip";r=2;t=1']
+            for _ in range(2):
+                flow = await run_flow(tctx, [routes, addon], make_flow(peer="10.0.0.9"))
+            assert flow.response.headers["RateLimit"] == '"ip";r=0;t=3'
+            refused = await run_flow(tctx, [routes, addon], make_flow(peer="10.0.0.9"))
+            assert refused.response.status_code == 429
+            assert refused.response.headers["RateLimit"] == '"ip";r=0;t=1'
+            assert refused.response.headers["Retry-After"] == "1"
+            tctx.configure(addon, gatewatch_rate_limit_headers=False)
+            quiet = await run_flow(tctx, [routes, addon], make_flow(peer="10.0.0.10"))
+            assert "RateLimit" not in quiet.response.headers and "RateLimit-Policy" not in quiet.response.headers
+    asyncio.run(go())
+
+
+def test_route_policy_and_key_tiers(tmp_path):
+    from gatewatch.keys import add_key
+    from inline.authentication import Authentication
+
+    keys = tmp_path / "keys.toml"
+    free = add_key(keys, "key_free", "ann")
+    gold = add_key(keys, "key_gold", "bea", tier="gold")
+
+    async def go():
+        routes, addon, auth = Routes(), RateLimit(clock=FakeClock()), Authentication()
+        chain = [routes, addon, auth]
+        with taddons.context(routes, addon, auth) as tctx:
+            tctx.configure(auth, gatewatch_keys_file=str(keys), gatewatch_public_routes=["/login"])
+            tctx.configure(addon, gatewatch_ip_rate_limit="off", gatewatch_principal_rate_limit="1:2",
+                           gatewatch_principal_rate_limit_tiers=["gold=1:4"],
+                           gatewatch_rate_limit_policies=json.dumps(
+                               [{"name": "login", "route": "/login", "methods": ["POST"], "key": "ip",
+                                 "limit": "1:1"}]))
+
+            async def statuses(key, n, path="/users/1", method="GET", peer="10.2.0.1"):
+                out = []
+                for _ in range(n):
+                    flow = await run_flow(tctx, chain, make_flow(path=path, method=method, peer=peer,
+                                                                 headers={"X-API-Key": key} if key else None))
+                    out.append(flow.response.status_code)
+                return out, flow
+
+            assert (await statuses(free, 3))[0] == [200, 200, 429]
+            codes, flow = await statuses(gold, 5)
+            assert codes == [200, 200, 200, 200, 429]
+            assert get_facts(flow).tier == "gold"
+            assert flow.response.headers["RateLimit-Policy"] == '"principal";q=4;w=4'
+            # The login policy: POST /login per IP, whatever the key; GET /login is not counted by it.
+            assert (await statuses(None, 2, "/login", "POST"))[0] == [200, 429]
+            codes, flow = await statuses(None, 2, "/login", "GET")
+            assert codes == [200, 200] and "RateLimit" not in flow.response.headers
+            refused = (await statuses(None, 1, "/login", "POST", peer="10.2.0.1"))[1]
+            assert json.loads(refused.response.content)["policy"] == "login"
+    asyncio.run(go())
+
+
+def test_policy_options_are_checked_at_configure():
+    addon = RateLimit()
+    with taddons.context(addon) as tctx:
+        with pytest.raises(exceptions.OptionsError, match="gatewatch_rate_limit_policies"):
+            tctx.configure(addon, gatewatch_rate_limit_policies='[{"name": "x", "key": "ip"}]')
+        with pytest.raises(exceptions.OptionsError, match="gatewatch_principal_rate_limit_tiers"):
+            tctx.configure(addon, gatewatch_principal_rate_limit_tiers=["gold"])
+        with pytest.raises(exceptions.OptionsError, match="redis_url"):
+            tctx.configure(addon, gatewatch_rate_limit_redis_url="http://127.0.0.1:6379")
+        with pytest.raises(exceptions.OptionsError, match="timeout_ms"):
+            tctx.configure(addon, gatewatch_rate_limit_redis_timeout_ms=0)
+
+
+def test_settings_policies_reach_the_addon(monkeypatch):
+    from gatewatch.settings import load_settings
+
+    s = load_settings(rate_limit_policies=[{"name": "login", "route": "/login", "key": "ip", "limit": "5:10"}],
+                      principal_rate_limit_tiers={"gold": "1000:2000", "internal": None})
+    for name, value in s.to_env().items():
+        monkeypatch.setenv(name, value)
+    addon = RateLimit()
+    with taddons.context(addon) as tctx:
+        addon.configure(set(tctx.options.keys()))   # as the master does at start-up
+        names = [(p.name, p.default) for p in addon.policies]
+        assert names == [("ip", RateSpec(50.0, 100)), ("principal", RateSpec(100.0, 200)),
+                         ("login", RateSpec(5.0, 10))]
+        assert addon.policies[1].spec_for("gold") == RateSpec(1000.0, 2000)
+        assert addon.policies[1].spec_for("internal") is None
