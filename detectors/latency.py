@@ -22,7 +22,9 @@ compared with the baseline:
   windows, under ``min_samples``, are skipped, not counted); **recovery** after
   ``good_windows`` (2) consecutive good windows while raised. One detection
   each (``evidence["state"]`` = ``"regression"`` / ``"recovered"``), with the
-  baseline and current p50/p95 and the slowest requests' event ids.
+  baseline and current p50/p95 and the slowest requests' event ids; ``kind``
+  (``"regression"`` / ``"recovery"``) and, on a recovery, ``regression_severity``
+  let an alert sink resolve the regression's alert (``streams/alertmanager.py``).
 
 It alerts; it never bans: the decision policy has no action for its
 detections (``actions`` is empty).
@@ -123,7 +125,7 @@ class _Window:
 
 class _Series:
     __slots__ = ("open", "closed_before", "last_ts", "base_p95", "base_p50", "var_p95",
-                 "learned", "bad", "good", "raised_at", "raised_baseline")
+                 "learned", "bad", "good", "raised_at", "raised_baseline", "raised_severity")
 
     def __init__(self) -> None:
         self.open: dict[int, _Window] = {}
@@ -137,6 +139,7 @@ class _Series:
         self.good = 0
         self.raised_at: datetime | None = None
         self.raised_baseline: float | None = None
+        self.raised_severity: Severity | None = None
 
 
 class LatencyRegressionDetector:
@@ -254,14 +257,16 @@ class LatencyRegressionDetector:
             if state.raised_at is None and len(state.bad) >= cfg.bad_windows:
                 state.raised_at = now
                 state.raised_baseline = state.base_p95
-                return [self._detection(series, state, "regression", summary, threshold, now)]
+                detection = self._detection(series, state, "regression", summary, threshold, now)
+                state.raised_severity = detection.severity
+                return [detection]
             return []
         state.bad.clear()
         state.good += 1
         self._learn(state, p50, p95)
         if state.raised_at is not None and state.good >= cfg.good_windows:
             detection = self._detection(series, state, "recovered", summary, self._threshold(state), now)
-            state.raised_at, state.raised_baseline = None, None
+            state.raised_at, state.raised_baseline, state.raised_severity = None, None, None
             return [detection]
         return []
 
@@ -291,6 +296,7 @@ class LatencyRegressionDetector:
         baseline = state.raised_baseline if state.raised_baseline is not None else state.base_p95
         evidence: dict[str, Any] = {
             "state": kind,
+            "kind": "regression" if kind == "regression" else "recovery",
             "series": series,
             "window_s": cfg.window_s,
             "baseline_p95_ms": round(baseline, 3),
@@ -313,6 +319,7 @@ class LatencyRegressionDetector:
         else:
             assert state.raised_at is not None
             evidence["regression_since"] = state.raised_at.isoformat()
+            evidence["regression_severity"] = state.raised_severity
             evidence["regression_s"] = (now - state.raised_at).total_seconds()
             samples = list(last["slowest_event_ids"])
             severity = "low"

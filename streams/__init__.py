@@ -1,6 +1,18 @@
 """The gatewatch stream worker (Faust): topics, agents that run detectors and
 emit detections/decisions, the ClickHouse sink and the worker's read API.
 
+Agents (one module each, thin: read a batch, call a detector, send results on):
+
+* ``detect_requests`` — the request stream (keyed by client IP): per-IP credential
+  stuffing, and re-keying (``rekey``) of what the other detectors need;
+* ``detect_logins`` — aggregate credential-stuffing rules over every login (one partition);
+* ``detect_bola`` — BOLA enumeration over requests re-keyed by principal;
+* ``detect_latency`` — latency regression over samples re-keyed by route;
+* ``sink`` — requests, detections and decisions into ClickHouse.
+
+Detections go through one decision policy (``decide``); merged re-keyed streams
+give their detectors a low watermark as clock (``watermarks``, ``merged``).
+
 Start it with ``python -m streams worker -l info`` (see
 :func:`gatewatch.commands.worker_command`); settings come from ``GATEWATCH_*``
 environment variables.
