@@ -65,6 +65,7 @@ Example::
 
 from __future__ import annotations
 
+import bisect
 import uuid
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass
@@ -135,12 +136,23 @@ class _RouteWindow:
         self.run_first: int | None = None
         self.run_ts: datetime | None = None
 
-    def add(self, access: _Access) -> None:
-        self.accesses.append(access)
+    def add(self, access: _Access, window: timedelta) -> bool:
+        """Count ``access`` and expire what left the window (``window`` up to the newest
+        access); False, counting nothing, for an access already out of it (late).
+        Accesses stay sorted by time whatever the arrival order."""
+        accesses = self.accesses
+        if accesses and access.ts <= accesses[-1].ts - window:
+            return False
+        if not accesses or access.ts >= accesses[-1].ts:
+            accesses.append(access)
+        else:
+            accesses.insert(bisect.bisect_right(accesses, access.ts, key=_access_ts), access)
         self.ids[access.oid] += 1
         self.statuses[access.status] += 1
         if access.denied:
             self.denied[access.oid] += 1
+        self.expire(accesses[-1].ts - window)
+        return True
 
     def expire(self, horizon: datetime) -> None:
         while self.accesses and self.accesses[0].ts <= horizon:
@@ -161,6 +173,10 @@ class _RouteWindow:
         elif num != self.last_num or stale:
             self.run, self.run_first = 1, num
         self.last_num, self.run_ts = num, ts
+
+
+def _access_ts(access: _Access) -> datetime:
+    return access.ts
 
 
 def _decrement(counter: Counter, key: Any) -> None:
@@ -249,8 +265,8 @@ class BolaDetector:
         window = state.routes.get(event.route)
         if window is None:
             window = state.routes[event.route] = _RouteWindow()
-        window.add(_Access(event.ts, oid, denied, event.status, event.event_id))
-        window.expire(event.ts - self._window)
+        if not window.add(_Access(event.ts, oid, denied, event.status, event.event_id), self._window):
+            return []
         window.step(_number(values[-1]), event.ts, self.cfg.sequential_max_step, self._window)
         return self._check(who, event, window)
 

@@ -75,7 +75,10 @@ What it will not catch:
   success like any other (pair with MFA / breached-password checks).
 
 State: windows evicted when idle, quiet periods forgotten when over; all in
-the object (picklable), lost on restart unless the caller keeps it.
+the object (picklable), lost on restart unless the caller keeps it. Arrival
+order does not matter (windows stay sorted by time, :mod:`detectors.windows`)
+as long as ``now`` is a low watermark (see :meth:`CredentialStuffingDetector.process`);
+after firing, a key stays quiet for ``ban_ttl_s`` from its trigger's time.
 
 Example::
 

@@ -4,9 +4,11 @@ attempts enter and leave, keyed windows evicted when idle, quiet periods.
 Pure data structures (no clock, no I/O), picklable. Times are timezone-aware
 ``datetime`` values passed in by the caller; a window covers ``(now - window_s, now]``.
 
-Events may arrive slightly out of order (re-keyed streams merge several source
-partitions): an attempt older than the newest one is appended all the same and
-leaves the window a little late. Counts stay exact for in-order input.
+Events may arrive out of order (re-keyed streams merge several source
+partitions): a window keeps its attempts sorted by time (an older attempt is
+inserted in place), and one already out of the window of the newest attempt is
+not counted, so counts are those of the window ending at the newest attempt,
+whatever the arrival order.
 
 Example::
 
@@ -23,6 +25,7 @@ Example::
 
 from __future__ import annotations
 
+import bisect
 from collections import Counter, OrderedDict, deque
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -56,7 +59,11 @@ class CountWindow:
         self.sources: Counter[str] = Counter()
 
     def add(self, attempt: Attempt) -> None:
-        self.attempts.append(attempt)
+        attempts = self.attempts
+        if not attempts or attempt.ts >= attempts[-1].ts:
+            attempts.append(attempt)
+        else:  # out of order: keep the deque sorted by time
+            attempts.insert(bisect.bisect_right(attempts, attempt.ts, key=_ts), attempt)
         if attempt.failed:
             self.failures += 1
             if attempt.username:
@@ -98,6 +105,10 @@ class CountWindow:
         return out[::-1]
 
 
+def _ts(attempt: Attempt) -> datetime:
+    return attempt.ts
+
+
 def _decrement(counter: Counter[str], key: str | None) -> None:
     if key:
         counter[key] -= 1
@@ -128,15 +139,19 @@ class KeyedWindows:
         return self._windows.get(key)
 
     def add(self, key: str, attempt: Attempt) -> CountWindow:
-        """Add ``attempt`` to ``key``'s window, expire what left it by the attempt's time
-        (the window is ``(attempt.ts - window_s, attempt.ts]``); return the window."""
+        """Add ``attempt`` to ``key``'s window — the ``window_s`` seconds up to its newest
+        attempt — and expire what left it; return the window. An attempt already out of
+        that window (it arrived late) is not counted."""
         window = self._windows.get(key)
         if window is None:
             window = self._windows[key] = CountWindow()
         else:
             self._windows.move_to_end(key)
-        window.add(attempt)
-        window.expire(attempt.ts - self._delta)
+        newest = window.last_ts
+        horizon = (attempt.ts if newest is None or attempt.ts > newest else newest) - self._delta
+        if attempt.ts > horizon:
+            window.add(attempt)
+            window.expire(horizon)
         return window
 
     def drop(self, key: str) -> None:
