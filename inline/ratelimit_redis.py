@@ -16,7 +16,8 @@ gateway hosts cannot grant or refuse extra requests. (A write after
 ``TIME`` is allowed because scripts replicate their effects, the only mode
 since Redis 7.0; Redis ≥ 5 needed.) Times in the script are integer
 microseconds; an emission interval is rounded to whole microseconds (rates
-up to 10⁶/s; relative error ≤ 5·10⁻⁷ at 1000/s).
+up to 10⁶/s; relative error at most rate / 2·10⁶: 5·10⁻⁵ at 100/s, none
+for rates that divide 10⁶).
 
 **State.** One string key per counter, ``PREFIX + counter`` holding the TAT
 in microseconds, with an expiry at the TAT (``PX``): a key whose TAT has
