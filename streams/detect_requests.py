@@ -14,14 +14,17 @@ workers. A detector of a partition this worker no longer reads just stops
 receiving events (a rebalance starts the moved windows empty: a bounded miss,
 never a false ban).
 
-For the watermarks of the merged, re-keyed streams (:mod:`streams.watermarks`)
-the agent tracks the newest event time of each partition it reads, sends it
-with every re-keyed message and, every :data:`PROGRESS_EVERY_S` seconds, to
-every partition of the three re-keyed topics.
+Re-keyed events are sent in bulk (:data:`REKEY_FLUSH_EVENTS` or
+:data:`REKEY_FLUSH_S`, also from a timer). For the watermarks of the merged,
+re-keyed streams (:mod:`streams.watermarks`) the agent tracks the newest event
+time of each partition it reads and sends, with every re-keyed message and
+every :data:`PROGRESS_EVERY_S` seconds to every partition of the three
+re-keyed topics, the progress of what it has sent.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from detectors.credential_stuffing import CredentialStuffingDetector
@@ -35,10 +38,29 @@ from streams.topics import by_principal_topic, by_route_topic, logins_topic, par
 
 #: Seconds (processing time) between progress messages to every re-keyed partition.
 PROGRESS_EVERY_S = 1.0
+#: Re-keyed events are sent once this many are waiting...
+REKEY_FLUSH_EVENTS = 1000
+#: ...or once the oldest has waited this long (s): at a few thousand events/s, batches of a
+#: few ms would make a message per few events; BOLA and latency see events this much later.
+REKEY_FLUSH_S = 0.02
 
 PARTITIONS = topic_partitions(settings)
 detectors: dict[int, CredentialStuffingDetector] = {}  # source partition -> per-IP detector
 progress: dict[int, float] = {}  # source partition -> newest event time processed (epoch s)
+
+
+class _Pending:
+    """Re-keyed events not sent yet."""
+
+    def __init__(self) -> None:
+        self.rekeyed = Rekeyed(PARTITIONS[settings.topic_requests_by_principal],
+                               PARTITIONS[settings.topic_requests_by_route])
+        self.events = 0
+        self.since = 0.0
+
+
+_pending = _Pending()
+_flush_lock = asyncio.Lock()
 _last_broadcast_s = 0.0
 
 
@@ -66,11 +88,22 @@ async def detect_requests(stream):  # type: ignore[no-untyped-def]
                     progress[partition] = epoch
         counters.incr("events_requests", len(batch))
         await publish(detect_each(_per_ip, parsed, "credential-stuffing (ip)"))
-        rekeyed = Rekeyed(PARTITIONS[settings.topic_requests_by_principal],
-                          PARTITIONS[settings.topic_requests_by_route])
+        if parsed and not _pending.events:
+            _pending.since = time.monotonic()
         for _, event, raw in parsed:
-            sort_event(rekeyed, event, raw)
-        await _forward(rekeyed)
+            sort_event(_pending.rekeyed, event, raw)
+        _pending.events += len(parsed)
+        if _pending.events >= REKEY_FLUSH_EVENTS or time.monotonic() - _pending.since >= REKEY_FLUSH_S:
+            await _flush()
+
+
+@app.timer(REKEY_FLUSH_S)
+async def flush_rekeyed() -> None:
+    """Send what waited long enough when no new batch comes, and the periodic progress."""
+    now = time.monotonic()
+    if (_pending.events and now - _pending.since >= REKEY_FLUSH_S) or \
+            (progress and now - _last_broadcast_s >= PROGRESS_EVERY_S):
+        await _flush()
 
 
 def _per_ip(item: tuple[int, RequestEvent, bytes]) -> list[Detection]:
@@ -78,21 +111,26 @@ def _per_ip(item: tuple[int, RequestEvent, bytes]) -> list[Detection]:
     return _detector(partition).process(event, now=event.ts)
 
 
-async def _forward(rekeyed: Rekeyed) -> None:
-    global _last_broadcast_s
-    for message in pack_events(rekeyed.logins, progress):
-        await logins_topic.send(value=message, partition=0)
-    for partition, raws in rekeyed.by_principal.items():
-        for message in pack_events(raws, progress):
-            await by_principal_topic.send(value=message, partition=partition)
-    for partition, by_series in rekeyed.by_route.items():
-        for message in pack_samples(by_series, progress):
-            await by_route_topic.send(value=message, partition=partition)
-    now = time.monotonic()
-    if progress and now - _last_broadcast_s >= PROGRESS_EVERY_S:
-        _last_broadcast_s = now
-        events_only, samples_only = pack_event_progress(progress), next(pack_samples({}, progress))
-        for topic, message in ((logins_topic, events_only), (by_principal_topic, events_only),
-                               (by_route_topic, samples_only)):
-            for partition in range(PARTITIONS[topic.get_topic_name()]):
-                await topic.send(value=message, partition=partition)
+async def _flush() -> None:
+    """Send every waiting re-keyed event, with the progress of exactly what was sent
+    (the snapshot and the swap happen together, before any await)."""
+    global _pending, _last_broadcast_s
+    async with _flush_lock:
+        rekeyed, sent = _pending.rekeyed, dict(progress)
+        _pending = _Pending()
+        for message in pack_events(rekeyed.logins, sent):
+            await logins_topic.send(value=message, partition=0)
+        for partition, raws in rekeyed.by_principal.items():
+            for message in pack_events(raws, sent):
+                await by_principal_topic.send(value=message, partition=partition)
+        for partition, by_series in rekeyed.by_route.items():
+            for message in pack_samples(by_series, sent):
+                await by_route_topic.send(value=message, partition=partition)
+        now = time.monotonic()
+        if sent and now - _last_broadcast_s >= PROGRESS_EVERY_S:
+            _last_broadcast_s = now
+            events_only, samples_only = pack_event_progress(sent), next(pack_samples({}, sent))
+            for topic, message in ((logins_topic, events_only), (by_principal_topic, events_only),
+                                   (by_route_topic, samples_only)):
+                for partition in range(PARTITIONS[topic.get_topic_name()]):
+                    await topic.send(value=message, partition=partition)
