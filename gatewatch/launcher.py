@@ -14,7 +14,9 @@ broker), then the worker (its sink flushes to ClickHouse), then the broker.
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -31,9 +33,11 @@ from gatewatch.commands import serve_command, worker_command
 from gatewatch.netutil import free_port, wait_for_port
 from gatewatch.settings import GatewatchSettings
 
+logger = logging.getLogger(__name__)
+
 STOP_TIMEOUT_S = 15.0
 #: Stop order by part kind ("gateway-2" is a gateway, "sample-api" a sample).
-_STOP_ORDER = ["gateway", "worker", "broker", "sample"]
+_STOP_ORDER = ["gateway", "redis", "worker", "broker", "sample"]
 
 
 class StackError(RuntimeError):
@@ -73,8 +77,8 @@ class Stack:
     ``gateway_workers`` gateway processes run on the minimal master
     (:mod:`inline.serve`); with more than one they share the listening port
     through ``SO_REUSEPORT`` and each has its own metrics port and event spool.
-    Rate-limit state is per process (divide limits by N, or use Redis when
-    available).
+    Several processes share rate-limit state in Redis: the configured
+    ``rate_limit_redis_url``, or a ``redis-server`` started here.
     """
 
     settings: GatewatchSettings
@@ -215,7 +219,25 @@ class Stack:
         create_topics(self.settings)
         return part
 
+    def _start_shared_state(self, timeout_s: float) -> None:
+        """With several gateway processes and no Redis configured, start a local
+        ``redis-server`` (Debian package) so that they share rate-limit state; without
+        the binary, each process keeps its own counts (a warning in the log)."""
+        if self.gateway_workers < 2 or self.settings.rate_limit_redis_url:
+            return
+        binary = shutil.which("redis-server")
+        if binary is None:
+            logger.warning("redis-server not found: %d gateway processes keep separate rate-limit "
+                           "counts (each admits the full limit)", self.gateway_workers)
+            return
+        port = free_port()
+        part = self._spawn("redis", [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+                                     "--appendonly", "no"], f"redis://127.0.0.1:{port}/0")
+        self._wait_port(part, "127.0.0.1", port, timeout_s)
+        self.settings = self.settings.model_copy(update={"rate_limit_redis_url": part.address})
+
     def _start_gateways(self, timeout_s: float) -> None:
+        self._start_shared_state(timeout_s)
         s = self.settings
         for n in range(self.gateway_workers):
             name = "gateway" if self.gateway_workers == 1 else f"gateway-{n + 1}"

@@ -92,6 +92,8 @@ def test_gateway_workers_share_one_port(tmp_path: Path, sample_api: str, setting
             break
     out = "".join(lines)
     pids = [int(p) for p in re.findall(r"gateway-\d\s+\S+\s+pid (\d+)", out)]
+    redis_pid = [int(p) for p in re.findall(r"redis\s+\S+\s+pid (\d+)", out)]
+    assert len(redis_pid) == 1, "several gateway processes share rate-limit state in a redis-server"
     metrics = re.findall(r"metrics\s+(\S+)", out)
     try:
         assert len(pids) == 2 and len(metrics) == 2, out
@@ -106,4 +108,4 @@ def test_gateway_workers_share_one_port(tmp_path: Path, sample_api: str, setting
         proc.send_signal(signal.SIGTERM)
         rest, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out + rest
-    assert all(gone(pid) for pid in pids)
+    assert all(gone(pid) for pid in pids + redis_pid)
