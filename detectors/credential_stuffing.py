@@ -32,8 +32,10 @@ mostly innocent (residential proxy) addresses.
 
 The NAT rule: a busy corporate NAT (hundreds of real users behind one address)
 makes many failures over many usernames — typos, forgotten passwords — but
-most of its logins succeed, while a stuffing list succeeds on the order of
-0.1–2 % of attempts. So no ``ip``/``prefix``/``asn`` rule fires unless at
+most of its logins succeed, while a stuffing list succeeds on a fraction of a
+percent of its attempts (Shape Security, "What Your Login Success Rate Says
+About Your Credential Stuffing Threat": the login success ratio is the signal
+that separates them). So no ``ip``/``prefix``/``asn`` rule fires unless at
 least half of the key's attempts in the window failed (``min_failure_share``).
 An attacker *behind* such a NAT is diluted by it; the ``username`` rules still
 see the accounts it attacks.

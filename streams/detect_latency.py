@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 
 from detectors.latency import LatencyRegressionDetector
+from gatewatch.events import Detection
 from streams import counters
 from streams.app import app, settings
 from streams.decide import detect_each, publish
@@ -46,15 +47,16 @@ async def detect_latency(stream):  # type: ignore[no-untyped-def]
                 series_of_partition.setdefault(partition, set()).add(series)
                 for ts, latency_ms, event_id in samples:
                     detector.add(series, ts, latency_ms, event_id)
-        late = detector.late_samples
-        found = []
-        for partition in touched:
-            watermark = watermarks.watermark(partition, now_s)
-            if watermark is not None:
-                now = to_datetime(watermark)
-                found += detect_each(lambda names: detector.flush(now, names),
-                                     [series_of_partition.get(partition, set())], "latency")
-        if late:
-            counters.incr("latency_late_samples", late)
+        found = detect_each(lambda partition: _close(partition, now_s), sorted(touched), "latency")
+        if detector.late_samples:
+            counters.incr("latency_late_samples", detector.late_samples)
             detector.late_samples = 0
         await publish(found)
+
+
+def _close(partition: int, now_s: float) -> list[Detection]:
+    """Judge the windows of ``partition``'s series that its watermark has passed."""
+    watermark = watermarks.watermark(partition, now_s)
+    if watermark is None:
+        return []
+    return detector.flush(to_datetime(watermark), series_of_partition.get(partition, ()))
