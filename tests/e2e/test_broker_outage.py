@@ -36,7 +36,6 @@ from kafka import KafkaConsumer, TopicPartition
 
 from gatewatch.events import parse_request_event
 from gatewatch.launcher import Stack
-from gatewatch.netutil import free_port
 from gatewatch.settings import GatewatchSettings, load_settings
 from gatewatch.worker_api import WorkerApi
 
@@ -120,11 +119,11 @@ def topic_records(settings: GatewatchSettings, want: set[str]) -> list[tuple[int
     return out
 
 
-def gateway_metrics(port: int) -> dict[str, float]:
-    """Samples of the gateway's /metrics (its Prometheus admin port), summed over labels."""
+def gateway_metrics(url: str) -> dict[str, float]:
+    """Samples of the gateway's ``/metrics`` (its Prometheus admin port), summed over labels."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    text = httpx.get(url, timeout=5).text
     out: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for s in family.samples:
@@ -136,9 +135,7 @@ def gateway_metrics(port: int) -> dict[str, float]:
 def outage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     run_dir: Path = tmp_path_factory.mktemp("outage")
     (run_dir / "keys.toml").write_text("")
-    admin_port = free_port()
-    settings = load_settings(keys_file=run_dir / "keys.toml", listen_port=0, public_routes=["/*"],
-                             admin_port=admin_port)
+    settings = load_settings(keys_file=run_dir / "keys.toml", listen_port=0, public_routes=["/*"])
     stack = Stack(settings, run_dir, sample_api=True)
     stack.start()
     load = Load(stack.gateway_url)
@@ -165,7 +162,7 @@ def outage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         after_kill = set(answered[kill_index:])
         records = topic_records(stack.settings, after_kill)
         counts = wait_stored(api, set(answered), 60)
-        metrics = gateway_metrics(admin_port)
+        metrics = gateway_metrics(stack.metrics_urls[0])  # the launcher picks the admin port
         yield {"metrics": metrics, "answered": answered, "kill_index": kill_index, "records": records, "counts": counts,
                "statuses": list(load.statuses), "settings": stack.settings,
                "gateway_log": stack.part("gateway").log_path}
