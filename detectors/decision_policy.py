@@ -130,9 +130,9 @@ class DecisionPolicy:
 
     @classmethod
     def from_settings(cls, settings: GatewatchSettings) -> DecisionPolicy:
-        """The policy of the worker: credential stuffing, BOLA and latency settings."""
+        """The policy of the worker: credential stuffing, BOLA, latency and geo settings."""
         return cls({"credential_stuffing": settings.credential_stuffing, "bola": settings.bola,
-                    "latency_regression": settings.latency})
+                    "latency_regression": settings.latency, "geo": settings.geo_anomaly})
 
     @property
     def active_decisions(self) -> int:

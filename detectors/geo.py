@@ -51,6 +51,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from gatewatch.events import Detection, RequestEvent
 
@@ -108,6 +109,14 @@ class GeoAnomalyDetector:
         self._seen: dict[str, _Seen] = {}
         self._last_sweep = 0.0
 
+    @classmethod
+    def from_settings(cls, cfg: Any) -> "GeoAnomalyDetector":
+        """From a :class:`gatewatch.settings.GeoAnomalySettings`."""
+        return cls(max_speed_kmh=cfg.max_speed_kmh, min_distance_km=cfg.min_distance_km,
+                   learning_s=cfg.learning_s, min_learning_events=cfg.min_learning_events,
+                   allowed_countries={k: frozenset(v) for k, v in cfg.allowed_countries.items()},
+                   state_ttl_s=cfg.state_ttl_s)
+
     def process(self, event: RequestEvent, point: GeoPoint | None, now: datetime) -> list[Detection]:
         """Learn from ``event`` located at ``point`` and return the detections it raises.
 
@@ -131,23 +140,29 @@ class GeoAnomalyDetector:
                                                 {point.country} if point.country else set())
             return out
         distance = haversine_km(seen.last_point, point)
-        elapsed_h = max(t - seen.last_ts, 1.0) / 3600.0  # 1 s floor: same-second hops
+        # Events of one principal can arrive out of order (they come from several
+        # partitions): the pair is judged in event-time order, whichever came first.
+        earlier_is_new = t < seen.last_ts
+        elapsed_h = max(abs(t - seen.last_ts), 1.0) / 3600.0  # 1 s floor: same-second hops
         speed = distance / elapsed_h
         if distance >= self.min_distance_km and speed > self.max_speed_kmh:
-            out.append(self._detection(event, now, "principal", event.principal, "impossible_travel", "high",
+            last = {"ip": seen.last_ip, "lat": seen.last_point.lat, "lon": seen.last_point.lon,
+                    "country": seen.last_point.country}
+            this = {"ip": event.client_ip, "lat": point.lat, "lon": point.lon, "country": point.country}
+            first, second = (this, last) if earlier_is_new else (last, this)
+            samples = [event.event_id, seen.last_event_id] if earlier_is_new else [seen.last_event_id, event.event_id]
+            # Stamped when the pair is complete in event time: the later of the two.
+            known_at = max(now, datetime.fromtimestamp(seen.last_ts, tz=now.tzinfo))
+            out.append(self._detection(event, known_at, "principal", event.principal, "impossible_travel", "high",
                                        f"{event.principal} moved {distance:.0f} km in "
                                        f"{elapsed_h * 60:.1f} min ({speed:.0f} km/h)", {
                                            "distance_km": round(distance, 1),
-                                           "elapsed_s": round(t - seen.last_ts, 3),
+                                           "elapsed_s": round(abs(t - seen.last_ts), 3),
                                            "speed_kmh": round(speed, 1),
                                            "max_speed_kmh": self.max_speed_kmh,
                                            "min_distance_km": self.min_distance_km,
-                                           "from": {"ip": seen.last_ip, "lat": seen.last_point.lat,
-                                                    "lon": seen.last_point.lon,
-                                                    "country": seen.last_point.country},
-                                           "to": {"ip": event.client_ip, "lat": point.lat, "lon": point.lon,
-                                                  "country": point.country},
-                                       }, [seen.last_event_id, event.event_id]))
+                                           "from": first, "to": second,
+                                       }, samples))
         learned = (t - seen.first_ts >= self.learning_s
                    and seen.located_events >= self.min_learning_events)
         if point.country and point.country not in seen.countries:
@@ -160,8 +175,9 @@ class GeoAnomalyDetector:
                                                "located_events": seen.located_events,
                                            }))
             seen.countries.add(point.country)
-        seen.last_ts, seen.last_point = t, point
-        seen.last_ip, seen.last_event_id = event.client_ip, event.event_id
+        if not earlier_is_new:
+            seen.last_ts, seen.last_point = t, point
+            seen.last_ip, seen.last_event_id = event.client_ip, event.event_id
         seen.located_events += 1
         return out
 

@@ -218,6 +218,34 @@ class BolaSettings(DetectorPolicySettings):
     actions: dict[str, Action] = Field(default_factory=lambda: {"principal": "ban", "ip": "ban"})
 
 
+class GeoAnomalySettings(DetectorPolicySettings):
+    """Geo anomalies per principal (detectors/geo.py): impossible travel above
+    ``max_speed_kmh`` over at least ``min_distance_km``, a new country after a
+    ``learning_s`` learning period with ``min_learning_events`` located requests,
+    and an optional per-principal country allow-list. Alerts only by default
+    (``actions`` empty): VPNs and cloud egress look like travel."""
+
+    enabled: bool = True
+    max_speed_kmh: float = 900.0
+    min_distance_km: float = 500.0
+    learning_s: float = 7 * 86400.0
+    min_learning_events: int = 20
+    allowed_countries: dict[str, list[str]] = Field(default_factory=dict)
+    state_ttl_s: float = 30 * 86400.0
+
+
+class AlertingSettings(BaseModel):
+    """Where detections and decisions are sent as alerts (streams/alertmanager.py):
+    an Alertmanager (``alertmanager_url``, API v2) or a generic ``webhook_url``;
+    neither set turns alerting off. A detection's alert resolves after
+    ``detection_resolve_s``; only detections of ``min_severity`` or worse alert."""
+
+    alertmanager_url: str | None = None
+    webhook_url: str | None = None
+    detection_resolve_s: float = 600.0
+    min_severity: Literal["low", "medium", "high", "critical"] = "medium"
+
+
 class LatencySettings(DetectorPolicySettings):
     """Thresholds of the latency-regression detector (see detectors/latency.py). Alert only:
     ``actions`` is empty, so it never produces a decision."""
@@ -335,6 +363,8 @@ class GatewatchSettings(BaseSettings):
     credential_stuffing: CredentialStuffingSettings = CredentialStuffingSettings()
     bola: BolaSettings = BolaSettings()
     latency: LatencySettings = LatencySettings()
+    geo_anomaly: GeoAnomalySettings = GeoAnomalySettings()
+    alerting: AlertingSettings = AlertingSettings()
     # Detector agents: batch size and wait (s); short, since the decision path waits on it.
     detector_batch_size: int = 1000
     detector_batch_within_s: float = 0.005

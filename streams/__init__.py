@@ -8,6 +8,9 @@ Agents (one module each, thin: read a batch, call a detector, send results on):
 * ``detect_logins`` — aggregate credential-stuffing rules over every login (one partition);
 * ``detect_bola`` — BOLA enumeration over requests re-keyed by principal;
 * ``detect_latency`` — latency regression over samples re-keyed by route;
+* ``detect_geo`` — geo anomalies (impossible travel, new country) over requests
+  re-keyed by principal, located with the DB-IP city database;
+* ``alert`` — detections and decisions to Alertmanager or a webhook (when configured);
 * ``sink`` — requests, detections and decisions into ClickHouse.
 
 Detections go through one decision policy (``decide``); merged re-keyed streams

@@ -10,9 +10,10 @@ principals is 4 messages, not 400):
 
 * **by principal** (``topic_requests_by_principal``; key of an event:
   ``principal:<id>``, or ``ip:<addr>`` for anonymous callers): upstream answers
-  on routes with a ``{parameter}``, as ``{"progress": {...}, "events": [original
-  event JSON, ...]}`` — every event of one principal lands on one partition, so
-  its BOLA state lives on one worker;
+  on routes with a ``{parameter}`` (for BOLA) and every upstream answer to an
+  authenticated principal (for geo anomalies), as ``{"progress": {...},
+  "events": [original event JSON, ...]}`` — every event of one principal lands
+  on one partition, so its BOLA and geo state live on one worker;
 * **by route** (``topic_requests_by_route``; key ``"METHOD /route"``): only what
   the latency detector reads, ``{"progress": {...}, "samples": {"GET /x":
   [[epoch_s, latency_ms, event_id], ...], ...}}`` — a tenth of the bytes;
@@ -79,7 +80,7 @@ def sort_event(out: Rekeyed, event: RequestEvent, raw: bytes) -> None:
         return
     if event.login is not None:
         out.logins.append(raw)
-    if "{" in event.route:
+    if "{" in event.route or event.principal:  # BOLA: object routes; geo: every principal request
         partition = partition_for(principal_key(event), out.principal_partitions)
         out.by_principal.setdefault(partition, []).append(raw)
     latency = event.latency_ms

@@ -7,6 +7,7 @@ here skips.
 from __future__ import annotations
 
 from collections.abc import Iterator
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -48,6 +49,29 @@ def sample_api() -> Iterator[str]:
     proc = subprocess.Popen([sys.executable, "-m", "gatewatch.sample_api", "--port", str(port)])
     try:
         wait_for_port("127.0.0.1", port, timeout_s=15)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def alertmanager_binary() -> str:
+    path = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+    assert path, "Alertmanager is not installed: apt-get install prometheus-alertmanager (make test does)"
+    return path
+
+
+@pytest.fixture
+def alertmanager(tmp_path: Path) -> Iterator[str]:
+    """A real Alertmanager on a free loopback port; yields its base URL."""
+    port = free_port()
+    (tmp_path / "am.yml").write_text("route:\n  receiver: 'null'\nreceivers:\n  - name: 'null'\n")
+    proc = subprocess.Popen([alertmanager_binary(), f"--config.file={tmp_path / 'am.yml'}",
+                             f"--storage.path={tmp_path / 'am-data'}",
+                             f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port("127.0.0.1", port, timeout_s=20)
         yield f"http://127.0.0.1:{port}"
     finally:
         proc.terminate()

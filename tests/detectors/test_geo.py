@@ -109,3 +109,17 @@ def test_located_by_the_real_geo_database_ipv4_and_ipv6() -> None:
     first, second = ev(0, ip="81.2.69.160"), ev(10, ip="2a02:26f0::1")  # London, then Singapore
     assert det.process(first, point(first.client_ip), now=first.ts) == []
     assert "impossible_travel" in kinds(det.process(second, point(second.client_ip), now=second.ts))
+
+
+def test_out_of_order_pair_is_judged_in_event_time_order() -> None:
+    det = GeoAnomalyDetector(learning_s=0, min_learning_events=0)
+    later, earlier = ev(30), ev(0)
+    det.process(later, NEW_YORK, now=later.ts)
+    found = det.process(earlier, LONDON, now=earlier.ts)
+    travel = [d for d in found if d.evidence["kind"] == "impossible_travel"]
+    assert travel[0].evidence["from"]["country"] == "GB" and travel[0].evidence["to"]["country"] == "US"
+    assert travel[0].sample_event_ids == ["e0", "e30"]
+    assert travel[0].ts == later.ts, "stamped when the pair is complete, in event time"
+    # The newest point stays the reference: a later hop from New York is judged from there.
+    nxt = ev(40)
+    assert det.process(nxt, NEW_YORK, now=nxt.ts) == []

@@ -6,47 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
-import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import httpx
 import pytest
 
 from gatewatch.events import Decision, Detection
-from gatewatch.netutil import free_port, wait_for_port
+from gatewatch.netutil import free_port
 from streams.alertmanager import (AlertSender, decision_alert, detection_alert,
                                   resolved_decision_alert)
 
 NOW = datetime.now(timezone.utc)
-
-
-def alertmanager_binary() -> str:
-    path = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
-    assert path, "Alertmanager is not installed: apt-get install prometheus-alertmanager (make test does)"
-    return path
-
-
-@pytest.fixture
-def alertmanager(tmp_path: Path) -> Iterator[str]:
-    """A real Alertmanager on a free loopback port; yields its base URL."""
-    port = free_port()
-    (tmp_path / "am.yml").write_text("route:\n  receiver: 'null'\nreceivers:\n  - name: 'null'\n")
-    proc = subprocess.Popen([alertmanager_binary(), f"--config.file={tmp_path / 'am.yml'}",
-                             f"--storage.path={tmp_path / 'am-data'}",
-                             f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_for_port("127.0.0.1", port, timeout_s=20)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def decision(**kw) -> Decision:
