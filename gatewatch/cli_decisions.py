@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from gatewatch import decision_feed
-from gatewatch.settings import load_settings
+from gatewatch.stack_info import stack_settings as load_settings
 
 app = typer.Typer(help="List, add and delete decisions (bans, throttles) on the decisions topic.",
                   no_args_is_help=True)

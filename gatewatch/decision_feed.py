@@ -15,6 +15,7 @@ never trusting ``end_offsets``.
 
 from __future__ import annotations
 
+import socket
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -51,6 +52,7 @@ def read_decisions(settings: GatewatchSettings, timeout_s: float = 10.0) -> Deci
     Raises ``TimeoutError`` if the end is not reached in ``timeout_s`` seconds
     (for example when the broker is down).
     """
+    _reachable(settings.bootstrap_servers, timeout_s)
     consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False,
                              fetch_max_wait_ms=settings.fetch_max_wait_ms,
                              request_timeout_ms=int(max(timeout_s, 5) * 1000) + 1000)
@@ -75,6 +77,19 @@ def read_decisions(settings: GatewatchSettings, timeout_s: float = 10.0) -> Deci
     finally:
         consumer.close()
     return log
+
+
+def _reachable(bootstrap: str, timeout_s: float) -> None:
+    # kafka-python spends its whole request timeout on an unreachable bootstrap list;
+    # a TCP connect tells at once. Raises TimeoutError when no listed broker answers.
+    for server in bootstrap.split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=min(timeout_s, 2.0)).close()
+            return
+        except (OSError, ValueError):
+            continue
+    raise TimeoutError(f"no broker answers at {bootstrap}")
 
 
 def _apply(log: DecisionLog, key: bytes | None, value: bytes | None) -> None:

@@ -32,6 +32,7 @@ from gatewatch.broker import create_topics, tansu_command
 from gatewatch.commands import serve_command, worker_command
 from gatewatch.netutil import free_port, wait_for_port
 from gatewatch.settings import GatewatchSettings
+from gatewatch.stack_info import write_stack_info
 
 logger = logging.getLogger(__name__)
 
@@ -185,6 +186,7 @@ class Stack:
             self._wait_worker_ready(part, timeout_s)
 
             self._start_gateways(timeout_s)
+            write_stack_info(self.run_dir, self.settings, self.metrics_urls)
         except BaseException:
             self.stop()
             raise

@@ -75,7 +75,23 @@ class NamedQuery:
     params: Mapping[str, Param] = field(default_factory=dict)
 
 
+def _text(raw: Any) -> str:
+    value = str(raw).strip()
+    if not value or len(value) > 512:
+        raise QueryParamError("expected 1..512 characters")
+    return value
+
+
+def _ids(raw: Any) -> list[str]:
+    ids = [i.strip() for i in (raw if isinstance(raw, (list, tuple)) else str(raw).split(",")) if i.strip()]
+    if not 1 <= len(ids) <= 1000 or any(len(i) > 128 for i in ids):
+        raise QueryParamError("expected 1..1000 comma-separated ids")
+    return ids
+
+
 _IP = Param(_ip, help="client IP address, IPv4 or IPv6")
+_TARGET = Param(_text, help="a decision id, detection id, or a scope value (IP, key id, ...)")
+_IDS = Param(_ids, help="comma-separated ids (at most 1000)")
 _LIMIT = Param(_limit, default=20, help="number of rows, 1..10000 (default 20)")
 
 QUERIES: dict[str, NamedQuery] = {
@@ -155,6 +171,48 @@ QUERIES: dict[str, NamedQuery] = {
             FROM detections FINAL
             GROUP BY detector, scope
             ORDER BY detector, scope
+        """,
+    ),
+    "decisions_for": NamedQuery(
+        columns=("id", "created_at", "expires_at", "scope", "value", "action", "reason", "detector",
+                 "origin", "detection_id", "evidence"),
+        description=("Decisions (active or expired) whose id, detection id or value is target, "
+                     "newest first (for `gatewatch explain`)."),
+        params={"target": _TARGET, "limit": _LIMIT},
+        sql="""
+            SELECT id, created_at, expires_at, scope, value, action, reason, detector,
+                   origin, detection_id, evidence
+            FROM decisions FINAL
+            WHERE id = {target:String} OR value = {target:String} OR detection_id = {target:String}
+            ORDER BY created_at DESC, id
+            LIMIT {limit:UInt32}
+        """,
+    ),
+    "detections_for": NamedQuery(
+        columns=("detection_id", "ts", "detector", "scope", "value", "severity", "score", "summary",
+                 "evidence", "sample_event_ids"),
+        description="Detections whose id or value is target, newest first (for `gatewatch explain`).",
+        params={"target": _TARGET, "limit": _LIMIT},
+        sql="""
+            SELECT detection_id, ts, detector, scope, value, severity, score, summary,
+                   evidence, sample_event_ids
+            FROM detections FINAL
+            WHERE detection_id = {target:String} OR value = {target:String}
+            ORDER BY ts DESC, detection_id
+            LIMIT {limit:UInt32}
+        """,
+    ),
+    "requests_by_ids": NamedQuery(
+        columns=("event_id", "ts", "client_ip", "method", "path", "route", "status", "principal",
+                 "auth", "answered_by", "login", "country", "decision_id"),
+        description="Stored requests with the given event ids, oldest first (evidence samples).",
+        params={"ids": _IDS},
+        sql="""
+            SELECT event_id, ts, client_ip, method, path, route, status, principal,
+                   auth, answered_by, login, country, decision_id
+            FROM requests FINAL
+            WHERE event_id IN {ids:Array(String)}
+            ORDER BY ts, event_id
         """,
     ),
     "recent_detections": NamedQuery(

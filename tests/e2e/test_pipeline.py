@@ -9,6 +9,9 @@ benign users never are, and every answered request is stored exactly once.
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +19,7 @@ import pytest
 from gatewatch.demo import make_keys
 from gatewatch.launcher import Stack
 from gatewatch.settings import load_settings
-from gatewatch.traffic import TrafficLog, run_scenario
+from gatewatch.traffic import ATTACKER_IP, TrafficLog, run_scenario
 from gatewatch.worker_api import WorkerApi
 
 USERS = 6
@@ -41,14 +44,18 @@ def run(tmp_path_factory: pytest.TempPathFactory):
         api = WorkerApi(stack.worker_url)
         api.wait_for_requests(len(log.outcomes), timeout_s=30.0)
         counts = {r["event_id"]: int(r["count"]) for r in api.query("event_id_counts")}
-        yield stack.settings, log, counts
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWATCH_")} | {"COLUMNS": "200"}
+        explained = subprocess.run([str(Path(sys.executable).parent / "gatewatch"), "explain", ATTACKER_IP,
+                                    "--stack", str(run_dir)], env=env, capture_output=True, text=True,
+                                   timeout=60)
+        yield stack.settings, log, counts, explained
     finally:
         stack.stop()
 
 
 @pytest.mark.e2e
 def test_attacker_blocked_shortly_after_threshold(run) -> None:
-    settings, log, _ = run
+    settings, log, _, _ = run
     attacker = [o for o in log.outcomes if o.actor == "attacker"]
     first_block = next(i for i, o in enumerate(attacker) if o.blocked)
     failures_before = sum(1 for o in attacker[:first_block] if o.status == 401)
@@ -59,7 +66,7 @@ def test_attacker_blocked_shortly_after_threshold(run) -> None:
 
 @pytest.mark.e2e
 def test_benign_users_never_blocked(run) -> None:
-    _, log, _ = run
+    _, log, _, _ = run
     benign = [o for o in log.outcomes if o.actor == "benign"]
     assert len(benign) > 50
     assert not [o for o in benign if o.blocked or o.status == 429]
@@ -68,9 +75,21 @@ def test_benign_users_never_blocked(run) -> None:
 
 @pytest.mark.e2e
 def test_every_answered_request_stored_exactly_once(run) -> None:
-    _, log, counts = run
+    _, log, counts, _ = run
     answered = [o.request_id for o in log.outcomes]
     assert None not in answered, "every gateway answer carries X-Request-Id"
     assert len(set(answered)) == len(answered)
     assert set(counts) == set(answered)
     assert {n for n in counts.values()} == {1}
+
+
+@pytest.mark.e2e
+def test_explain_answers_why_through_the_running_worker(run) -> None:
+    _, log, _, explained = run
+    assert explained.returncode == 0, explained.stdout + explained.stderr
+    blocked = next(o for o in log.outcomes if o.actor == "attacker" and o.blocked)
+    assert blocked.request_id  # the 403 carried the decision id in its body; explain names the ban
+    text = explained.stdout
+    assert f"ban ip {ATTACKER_IP}" in text and "credential_stuffing" in text
+    assert "threshold crossed: failures" in text and "sample requests (10 of 10 stored)" in text
+    assert "store read through the worker" in text
