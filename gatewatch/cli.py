@@ -13,7 +13,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from gatewatch import cli_dashboards, cli_decisions, cli_explain
+from gatewatch import cli_dashboards, cli_decisions, cli_explain, cli_replay
 from gatewatch.settings import load_settings
 
 app = typer.Typer(help="gatewatch: API security gateway and abuse-detection pipeline.",
@@ -22,6 +22,7 @@ keys_app = typer.Typer(help="Manage API keys (the keys file stores hashes only).
 app.add_typer(keys_app, name="keys")
 app.add_typer(cli_decisions.app, name="decisions")
 app.command("explain")(cli_explain.explain)
+app.command("replay")(cli_replay.replay_command)
 app.add_typer(cli_dashboards.app, name="dashboards")
 geo_app = typer.Typer(help="Geo-IP data: DB-IP Lite city + ASN (CC-BY-4.0, IP Geolocation by DB-IP).",
                       no_args_is_help=True)

@@ -89,7 +89,32 @@ def _ids(raw: Any) -> list[str]:
     return ids
 
 
+def _when(raw: Any) -> dt.datetime:
+    if isinstance(raw, dt.datetime):
+        value = raw
+    else:
+        try:
+            value = dt.datetime.fromisoformat(str(raw).strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise QueryParamError(f"not an ISO 8601 time: {raw!r}") from None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.timezone.utc)
+    return value.astimezone(dt.timezone.utc).replace(tzinfo=None)  # naive UTC for DateTime64(3, 'UTC')
+
+
+def _rows(raw: Any) -> int:
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        raise QueryParamError(f"not an integer: {raw!r}") from None
+    if not 1 <= value <= 5_000_000:
+        raise QueryParamError(f"limit {value} out of range 1..5000000")
+    return value
+
+
 _IP = Param(_ip, help="client IP address, IPv4 or IPv6")
+_SINCE = Param(_when, help="start time, ISO 8601 (UTC if no offset)")
+_UNTIL = Param(_when, help="end time (exclusive), ISO 8601")
 _TARGET = Param(_text, help="a decision id, detection id, or a scope value (IP, key id, ...)")
 _IDS = Param(_ids, help="comma-separated ids (at most 1000)")
 _LIMIT = Param(_limit, default=20, help="number of rows, 1..10000 (default 20)")
@@ -213,6 +238,37 @@ QUERIES: dict[str, NamedQuery] = {
             FROM requests FINAL
             WHERE event_id IN {ids:Array(String)}
             ORDER BY ts, event_id
+        """,
+    ),
+    "requests_between": NamedQuery(
+        columns=("event_id", "ts", "client_ip", "method", "host", "path", "route", "status", "latency_ms",
+                 "bytes_in", "bytes_out", "principal", "auth", "answered_by", "user_agent", "login",
+                 "username_hash", "decision_id", "asn", "country"),
+        description=("Every stored request with since <= ts < until, in event-time order, with the "
+                     "RequestEvent fields (for `gatewatch replay`)."),
+        params={"since": _SINCE, "until": _UNTIL, "limit": Param(_rows, default=1_000_000,
+                                                                   help="rows at most (default 1e6)")},
+        sql="""
+            SELECT event_id, ts, client_ip, method, host, path, route, status, latency_ms,
+                   bytes_in, bytes_out, principal, auth, answered_by, user_agent, login,
+                   username_hash, decision_id, asn, country
+            FROM requests FINAL
+            WHERE ts >= {since:DateTime64(3, 'UTC')} AND ts < {until:DateTime64(3, 'UTC')}
+            ORDER BY ts, event_id
+            LIMIT {limit:UInt32}
+        """,
+    ),
+    "decisions_between": NamedQuery(
+        columns=("id", "created_at", "expires_at", "scope", "value", "action", "reason", "detector",
+                 "origin", "detection_id", "evidence"),
+        description="Decisions created with since <= created_at < until (live, for `gatewatch replay`).",
+        params={"since": _SINCE, "until": _UNTIL},
+        sql="""
+            SELECT id, created_at, expires_at, scope, value, action, reason, detector,
+                   origin, detection_id, evidence
+            FROM decisions FINAL
+            WHERE created_at >= {since:DateTime64(3, 'UTC')} AND created_at < {until:DateTime64(3, 'UTC')}
+            ORDER BY created_at, id
         """,
     ),
     "recent_detections": NamedQuery(
