@@ -7,10 +7,13 @@ then runs ``wrk`` (Debian ``wrk``) for a fixed duration against:
 2. ``mitmdump``     — bare ``mitmdump --mode reverse`` (its ~31 built-in addons, no script);
 3. ``gw-mitmdump``  — gatewatch's addons loaded into mitmdump with ``-s``;
 4. ``gw-minimal``   — gatewatch on its minimal master (``python -m inline.serve``);
-5. ``gw-minimal×N`` — N such processes sharing the port with ``SO_REUSEPORT``.
+5. ``gw-minimal-jwt`` — the same with JWT bearer tokens instead of the API key;
+6. ``gw-minimal×N`` — N such processes sharing the port with ``SO_REUSEPORT``
+   (with Redis-shared rate limits when ``--redis`` is given).
 
 Every gatewatch run has the full current policy on the request path: API-key
-authentication, GCRA rate limits (set high so that nothing is refused: the
+authentication (``gw-minimal-jwt``: an RS256 JWT verified against a JWKS that
+nginx serves, keys cached), geo enrichment, GCRA rate limits (set high so that nothing is refused: the
 cost of checking is measured, not refusals), decision enforcement with
 ``--decisions`` active decisions for other addresses, and event shipping to
 the broker. It prints req/s, p50/p99 latency and RSS, the ratio to bare
@@ -64,6 +67,7 @@ http {{
     server {{
         listen 127.0.0.1:{port};
         default_type application/json;
+        location = /jwks.json {{ alias {prefix}/jwks.json; }}
         location / {{ return 200 '{{"ok":true}}'; }}
     }}
 }}
@@ -73,7 +77,7 @@ http {{
 def need(tool: str) -> str:
     path = shutil.which(tool) or (f"/usr/sbin/{tool}" if Path(f"/usr/sbin/{tool}").exists() else None)
     if not path:
-        sys.exit(f"{tool} not found: apt-get install nginx-light wrk")
+        sys.exit(f"{tool} not found: apt-get install nginx-light wrk redis-server")
     return path
 
 
@@ -95,15 +99,33 @@ def _ms(text: str) -> float:
     return value * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
 
 
-def wrk(url: str, duration: int, connections: int, api_key: str) -> dict:
-    """Run wrk; return req/s, p50/p99 latency (ms), non-2xx count."""
+def wrk(url: str, duration: int, connections: int, header: str) -> dict:
+    """Run wrk with one request ``header`` (the credential); return req/s, p50/p99 latency (ms),
+    non-2xx count."""
     out = subprocess.run([need("wrk"), "-t1", f"-c{connections}", f"-d{duration}s", "--latency",
-                          "-H", f"X-API-Key: {api_key}", url], capture_output=True, text=True, check=True).stdout
+                          "-H", header, url], capture_output=True, text=True, check=True).stdout
     lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
             "p50_ms": _ms(lat["50"]), "p99_ms": _ms(lat["99"]),
             "non_2xx": int(non2xx.group(1)) if non2xx else 0}
+
+
+def jwt_material(tmp: Path, issuer: str) -> str:
+    """Write an RS256 JWKS to ``tmp/jwks.json`` (nginx serves it) and return a token signed
+    with its key, valid for an hour."""
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from jwt.algorithms import RSAAlgorithm
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = json.loads(RSAAlgorithm.to_jwk(key.public_key()))
+    jwk.update({"kid": "bench", "alg": "RS256", "use": "sig"})
+    (tmp / "jwks.json").write_text(json.dumps({"keys": [jwk]}))
+    (tmp / "jwks.json").chmod(0o644)
+    now = int(time.time())
+    return jwt.encode({"sub": "bench-user", "iss": issuer, "aud": "bench", "iat": now, "exp": now + 3600},
+                      key, algorithm="RS256", headers={"kid": "bench"})
 
 
 def publish_decisions(bootstrap: str, topic: str, n: int) -> None:
@@ -151,9 +173,11 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--workers", type=int, default=2, help="processes for the SO_REUSEPORT run")
     parser.add_argument("--decisions", type=int, default=10_000, help="active decisions loaded")
+    parser.add_argument("--redis", action="store_true", help="share the N processes' rate limits in Redis")
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="gw-bench-"))
+    tmp.chmod(0o755)  # nginx's workers (an unprivileged user) serve jwks.json from here
     procs = Procs()
     results: dict[str, dict] = {}
     try:
@@ -167,24 +191,31 @@ def main() -> None:
         procs.procs.append(start_tansu("127.0.0.1", broker_port, tmp / "tansu.log"))
         wait_for_port("127.0.0.1", broker_port)
         api_key = add_key(tmp / "keys.toml", "key_bench", owner="bench")
+        key_header = f"X-API-Key: {api_key}"
+        token = jwt_material(tmp, issuer="https://bench.invalid/")
+        bearer_header = f"Authorization: Bearer {token}"
         settings = load_settings(bootstrap_servers=f"127.0.0.1:{broker_port}", upstream=upstream,
-                                 keys_file=tmp / "keys.toml", public_routes=[],
+                                 keys_file=tmp / "keys.toml", public_routes=[], admin_port=0,
+                                 spool_dir=tmp / "spool",
+                                 jwt={"jwks_url": f"{upstream}/jwks.json", "issuer": "https://bench.invalid/",
+                                      "audience": ["bench"]},
                                  ip_rate_limit={"rate_per_s": 1e6, "burst": 1_000_000},
                                  principal_rate_limit={"rate_per_s": 1e6, "burst": 1_000_000})
         create_topics(settings)
         publish_decisions(settings.bootstrap_servers, settings.topic_decisions, args.decisions)
         env = os.environ | settings.to_env()
 
-        def measure(name: str, argvs: list[list[str]], port: int, warmup_s: float = 2.0) -> None:
+        def measure(name: str, argvs: list[list[str]], port: int, warmup_s: float = 2.0,
+                    header: str = key_header) -> None:
             started = [procs.start(a, env=env, log=tmp / f"{name}.log") for a in argvs]
             try:
                 wait_for_port("127.0.0.1", port, timeout_s=30)
                 time.sleep(warmup_s)  # decisions feed loaded, producer connected
                 url = f"http://127.0.0.1:{port}/items/1"
-                wrk(url, 2, args.connections, api_key)  # warm-up run
-                r = wrk(url, args.duration, args.connections, api_key)
+                wrk(url, 2, args.connections, header)  # warm-up run
+                r = wrk(url, args.duration, args.connections, header)
                 r["rss_mb"] = rss_mb([p.pid for p in started])
-                r["p50_1conn_ms"] = wrk(url, max(3, args.duration // 2), 1, api_key)["p50_ms"]
+                r["p50_1conn_ms"] = wrk(url, max(3, args.duration // 2), 1, header)["p50_ms"]
                 results[name] = r
                 print(f"  {name:<14} {r['rps']:>9.0f} req/s", flush=True)
             finally:
@@ -192,9 +223,9 @@ def main() -> None:
 
         print("measuring (wrk, 127.0.0.1):", flush=True)
         direct = {"rps": 0.0}
-        r = wrk(f"{upstream}/items/1", args.duration, args.connections, api_key)
+        r = wrk(f"{upstream}/items/1", args.duration, args.connections, key_header)
         r["rss_mb"] = 0.0
-        r["p50_1conn_ms"] = wrk(f"{upstream}/items/1", max(3, args.duration // 2), 1, api_key)["p50_ms"]
+        r["p50_1conn_ms"] = wrk(f"{upstream}/items/1", max(3, args.duration // 2), 1, key_header)["p50_ms"]
         results["direct"] = direct = r
         print(f"  {'direct':<14} {r['rps']:>9.0f} req/s", flush=True)
 
@@ -212,6 +243,16 @@ def main() -> None:
 
         port = free_port()
         s = settings.model_copy(update={"listen_port": port})
+        measure("gw-minimal-jwt", [serve_command(s)], port, header=bearer_header)
+
+        port = free_port()
+        s = settings.model_copy(update={"listen_port": port})
+        if args.redis:
+            redis_port = free_port()
+            procs.start([need("redis-server"), "--bind", "127.0.0.1", "--port", str(redis_port), "--save", "",
+                         "--appendonly", "no"])
+            wait_for_port("127.0.0.1", redis_port)
+            s = s.model_copy(update={"rate_limit_redis_url": f"redis://127.0.0.1:{redis_port}/0"})
         measure(f"gw-minimal×{args.workers}", [serve_command(s, reuse_port=True)] * args.workers, port,
                 warmup_s=3.0)
     finally:
