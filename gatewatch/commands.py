@@ -43,6 +43,8 @@ def serve_command(settings: GatewatchSettings, reuse_port: bool = False) -> list
     addons a reverse proxy needs, optionally sharing its port with others (``SO_REUSEPORT``)."""
     argv = [sys.executable, "-m", "inline.serve", "--upstream", settings.upstream,
             "--listen-host", settings.listen_host, "--listen-port", str(settings.listen_port)]
+    if settings.tls_cert:
+        argv += ["--certs", f"*={Path(settings.tls_cert).resolve()}"]
     return argv + (["--reuse-port"] if reuse_port else [])
 
 

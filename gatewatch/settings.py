@@ -297,6 +297,9 @@ class GatewatchSettings(BaseSettings):
     # Gateway
     listen_host: str = "127.0.0.1"
     listen_port: int = 8080
+    tls_cert: Path | None = Field(
+        None, description="PEM with the private key and certificate chain the gateway presents to "
+                          "clients (TLS termination, HTTP/2 by ALPN); None serves plain HTTP.")
     upstream: str = "http://127.0.0.1:8000"
     keys_file: Path = Path(".gatewatch/keys.toml")
     api_key_header: str = "X-API-Key"
@@ -311,6 +314,20 @@ class GatewatchSettings(BaseSettings):
     username_hash_key: str = Field(
         "gatewatch-dev-username-key",
         description="Secret for the keyed username hash (HMAC-SHA256). Change it in production.")
+    # Decision messages are signed (HMAC-SHA256 in a record header, see gatewatch/signing.py):
+    # writers sign with decision_signing_key under decision_signing_kid; readers accept that
+    # key and decision_verify_keys ({kid: secret}, e.g. the previous key while keys rotate).
+    decision_signing_key: str = Field(
+        "gatewatch-dev-decision-key", min_length=1, repr=False,
+        description="Secret that signs and verifies decision messages. Change it in production.")
+    decision_signing_kid: str = Field(
+        "dev", pattern=r"^[A-Za-z0-9._-]{1,64}$", description="Key id sent with each signature.")
+    decision_verify_keys: dict[str, str] = Field(
+        default_factory=dict, repr=False,
+        description="Further accepted verification keys by key id (key rotation).")
+    decision_signing_required: bool = Field(
+        True, description="Ignore unsigned decision messages (false: accept them, a migration aid; "
+                          "a bad signature is refused either way).")
     # Rate limits (inline/ratelimit.py): the default policies "ip" (every request, per
     # client IP) and "principal" (per API key id / token subject; its limit follows the
     # key's tier through principal_rate_limit_tiers), then rate_limit_policies.
