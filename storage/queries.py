@@ -287,6 +287,206 @@ QUERIES: dict[str, NamedQuery] = {
 }
 
 
+# ------------------------------------------------------------------ gatewatch report
+# The queries behind `gatewatch report` (gatewatch/report.py): one time window
+# [since, until), time series in buckets of `step` seconds.
+
+
+def _step(raw: Any) -> int:
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        raise QueryParamError(f"not an integer: {raw!r}") from None
+    if not 1 <= value <= 7 * 86_400:
+        raise QueryParamError(f"step {value} out of range 1..604800 seconds")
+    return value
+
+
+_STEP = Param(_step, default=300, help="bucket width in seconds, 1..604800 (default 300)")
+_WINDOW = {"since": _SINCE, "until": _UNTIL}
+_IN_WINDOW = "ts >= {since:DateTime64(3, 'UTC')} AND ts < {until:DateTime64(3, 'UTC')}"
+_BUCKET = "toStartOfInterval(ts, toIntervalSecond({step:UInt32}))"
+# The latest decision per scope:value created before the end of the window, and whether
+# it is in force then (a later decision for the same key replaces the earlier one).
+_LATEST_DECISIONS_AT_UNTIL = """
+    SELECT id, scope, value, created_at, expires_at,
+           expires_at > {until:DateTime64(3, 'UTC')} AS in_force
+    FROM decisions FINAL
+    WHERE created_at < {until:DateTime64(3, 'UTC')}
+    ORDER BY created_at DESC, id DESC
+    LIMIT 1 BY scope, value"""
+_SUSPICIOUS = "status IN (401, 403, 429) OR login = 'failure'"
+_OFFENDER_COUNTS = f"""uniqExact(client_ip), count(), countIf({_SUSPICIOUS}),
+           countIf(login = 'failure'), countIf(answered_by = 'decision')
+    FROM requests FINAL
+    WHERE {_IN_WINDOW}"""
+
+QUERIES.update({
+    "report_totals": NamedQuery(
+        columns=("requests", "clients", "blocked", "rate_limited", "auth_failures", "server_errors",
+                 "failed_logins", "detections", "decisions", "active_decisions"),
+        description=("Summary of a window: requests, distinct client IPs, blocked (answered_by="
+                     "'decision'), rate_limited, auth_failures (auth missing/invalid), server_errors "
+                     "(5xx), failed_logins; detections and decisions created in the window; "
+                     "active_decisions (latest per scope:value, in force at until)."),
+        params=_WINDOW,
+        sql=f"""
+            SELECT count() AS requests, uniqExact(client_ip) AS clients,
+                   countIf(answered_by = 'decision') AS blocked,
+                   countIf(answered_by = 'rate_limit') AS rate_limited,
+                   countIf(auth IN ('missing', 'invalid')) AS auth_failures,
+                   countIf(status >= 500) AS server_errors,
+                   countIf(login = 'failure') AS failed_logins,
+                   (SELECT uniqExact(detection_id) FROM detections FINAL WHERE {_IN_WINDOW}) AS detections,
+                   (SELECT uniqExact(id) FROM decisions FINAL
+                    WHERE created_at >= {{since:DateTime64(3, 'UTC')}}
+                      AND created_at < {{until:DateTime64(3, 'UTC')}}) AS decisions,
+                   (SELECT countIf(in_force) FROM ({_LATEST_DECISIONS_AT_UNTIL})) AS active_decisions
+            FROM requests FINAL
+            WHERE {_IN_WINDOW}
+        """,
+    ),
+    "report_traffic": NamedQuery(
+        columns=("time", "answered_by", "requests"),
+        description="Requests per bucket (start time) and answering party (upstream, auth, rate_limit, decision, ...).",
+        params={**_WINDOW, "step": _STEP},
+        sql=f"""
+            SELECT {_BUCKET} AS time, answered_by, count() AS requests
+            FROM requests FINAL
+            WHERE {_IN_WINDOW}
+            GROUP BY time, answered_by
+            ORDER BY time, answered_by
+        """,
+    ),
+    "report_blocks": NamedQuery(
+        columns=("time", "blocked_by", "requests"),
+        description=("Requests blocked or throttled by a decision per bucket and kind of decision: "
+                     "'<action> <scope> (<detector>)' from the stored decision, 'decision (not stored)' "
+                     "when its id is unknown."),
+        params={**_WINDOW, "step": _STEP},
+        sql=f"""
+            SELECT r.time AS time,
+                   if(ifNull(d.id, '') = '', 'decision (not stored)',
+                      concat(d.action, ' ', d.scope, ' (', if(d.detector = '', 'manual', d.detector), ')'))
+                       AS blocked_by,
+                   count() AS requests
+            FROM (
+                SELECT {_BUCKET} AS time, ifNull(decision_id, '') AS decision_id
+                FROM requests FINAL
+                WHERE {_IN_WINDOW} AND answered_by = 'decision'
+            ) AS r
+            LEFT JOIN (SELECT id, action, scope, detector FROM decisions FINAL) AS d
+                ON r.decision_id = d.id
+            GROUP BY time, blocked_by
+            ORDER BY time, blocked_by
+        """,
+    ),
+    "report_detections_by_detector": NamedQuery(
+        columns=("time", "detector", "detections"),
+        description="Detections per bucket and detector (deduplicated by detection_id).",
+        params={**_WINDOW, "step": _STEP},
+        sql=f"""
+            SELECT {_BUCKET} AS time, detector, uniqExact(detection_id) AS detections
+            FROM detections FINAL
+            WHERE {_IN_WINDOW}
+            GROUP BY time, detector
+            ORDER BY time, detector
+        """,
+    ),
+    "report_top_offenders": NamedQuery(
+        columns=("kind", "offender", "country", "asn", "ips", "requests", "suspicious", "failed_logins",
+                 "blocked"),
+        description=("The `limit` worst offenders of each kind (ip, prefix: /24 or /64, asn: 'AS<n>', "
+                     "principal) by suspicious requests (401/403/429 or a failed login), then requests. "
+                     "country/asn: the most frequent ('' / 0 when unknown)."),
+        params={**_WINDOW, "limit": Param(_limit, default=10, help="rows per kind (default 10)")},
+        sql=f"""
+            SELECT kind, offender, country, asn, ips, requests, suspicious, failed_logins, blocked
+            FROM (
+                SELECT 'ip' AS kind,
+                       replaceRegexpOne(toString(client_ip), '^::ffff:([0-9.]+)$', '\\\\1') AS offender,
+                       toString(ifNull(anyLast(country), '')) AS country,
+                       toUInt32(ifNull(anyLast(asn), 0)) AS asn,
+                       uniqExact(client_ip) AS ips, count() AS requests, countIf({_SUSPICIOUS}) AS suspicious,
+                       countIf(login = 'failure') AS failed_logins, countIf(answered_by = 'decision') AS blocked
+                FROM requests FINAL
+                WHERE {_IN_WINDOW}
+                GROUP BY client_ip
+                UNION ALL
+                SELECT 'prefix',
+                       if(match(toString(client_ip), '^::ffff:[0-9.]+$'),
+                          concat(replaceRegexpOne(cutIPv6(client_ip, 0, 1), '^::ffff:', ''), '/24'),
+                          concat(cutIPv6(client_ip, 8, 0), '/64')) AS prefix,
+                       toString(ifNull(topK(1)(country)[1], '')), toUInt32(ifNull(topK(1)(asn)[1], 0)),
+                       {_OFFENDER_COUNTS}
+                GROUP BY prefix
+                UNION ALL
+                SELECT 'asn', concat('AS', toString(asn)) AS asn_text,
+                       toString(ifNull(topK(1)(country)[1], '')), toUInt32(ifNull(any(asn), 0)),
+                       {_OFFENDER_COUNTS} AND asn IS NOT NULL
+                GROUP BY asn_text
+                UNION ALL
+                SELECT 'principal', principal,
+                       toString(ifNull(topK(1)(country)[1], '')), toUInt32(ifNull(topK(1)(asn)[1], 0)),
+                       {_OFFENDER_COUNTS} AND principal != ''
+                GROUP BY principal
+            )
+            WHERE suspicious > 0
+            ORDER BY kind, suspicious DESC, requests DESC, offender
+            LIMIT {{limit:UInt32}} BY kind
+        """,
+    ),
+    "report_detections_by_country": NamedQuery(
+        columns=("country", "detections"),
+        description=("Detections in the window per country (ISO 3166-1 alpha-2): the countries of each "
+                     "detection's sample requests (looked up to an hour before the window, any scope "
+                     "but route and country), or the value of a country-scoped detection."),
+        params=_WINDOW,
+        sql=f"""
+            SELECT country, uniqExact(detection_id) AS detections
+            FROM (
+                SELECT d.detection_id AS detection_id, assumeNotNull(r.country) AS country
+                FROM (
+                    SELECT detection_id, arrayJoin(sample_event_ids) AS event_id
+                    FROM detections FINAL
+                    WHERE {_IN_WINDOW} AND scope NOT IN ('route', 'country')
+                ) AS d
+                INNER JOIN (
+                    SELECT event_id, country
+                    FROM requests FINAL
+                    WHERE ts >= {{since:DateTime64(3, 'UTC')}} - INTERVAL 1 HOUR
+                      AND ts < {{until:DateTime64(3, 'UTC')}}
+                      AND country IS NOT NULL AND country != ''
+                ) AS r ON d.event_id = r.event_id
+                UNION ALL
+                SELECT detection_id, value AS country
+                FROM detections FINAL
+                WHERE {_IN_WINDOW} AND scope = 'country'
+            )
+            GROUP BY country
+            ORDER BY detections DESC, country
+        """,
+    ),
+    "report_decisions": NamedQuery(
+        columns=("id", "created_at", "expires_at", "scope", "value", "action", "reason", "detector",
+                 "origin", "detection_id", "in_force"),
+        description=("Decisions created in the window, newest first; in_force: the latest decision "
+                     "for its scope:value at until and not expired then."),
+        params={**_WINDOW, "limit": _LIMIT},
+        sql=f"""
+            SELECT d.id AS id, d.created_at AS created_at, d.expires_at AS expires_at, d.scope AS scope,
+                   d.value AS value, d.action AS action, d.reason AS reason, d.detector AS detector,
+                   d.origin AS origin, d.detection_id AS detection_id,
+                   d.id IN (SELECT id FROM ({_LATEST_DECISIONS_AT_UNTIL}) WHERE in_force) AS in_force
+            FROM decisions AS d FINAL
+            WHERE d.created_at >= {{since:DateTime64(3, 'UTC')}} AND d.created_at < {{until:DateTime64(3, 'UTC')}}
+            ORDER BY d.created_at DESC, d.id
+            LIMIT {{limit:UInt32}}
+        """,
+    ),
+})
+
+
 def bind_params(name: str, raw: Mapping[str, Any] | None) -> dict[str, Any]:
     """Check ``raw`` against the spec of query ``name`` and return the bound values.
 

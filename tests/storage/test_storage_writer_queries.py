@@ -13,6 +13,13 @@ from storage.writer import write_decisions, write_detections, write_requests
 
 T0 = datetime(2025, 3, 1, 12, tzinfo=timezone.utc)
 ATTACKER = "203.0.113.7"
+#: A value for each parameter a named query may require, matching the scenario below.
+SAMPLE_PARAMS = {"ip": ATTACKER, "target": ATTACKER, "ids": "e0009",
+                 "since": (T0 - timedelta(hours=1)).isoformat(), "until": (T0 + timedelta(hours=1)).isoformat()}
+
+
+def _sample_params(name: str, **override: str) -> dict[str, str]:
+    return {k: v for k, v in (SAMPLE_PARAMS | override).items() if k in QUERIES[name].params}
 
 
 def _event(i: int, ip: str, answered_by: str = "upstream", **kw) -> RequestEvent:
@@ -29,7 +36,7 @@ def _rows(result: dict) -> list[dict]:
 @pytest.fixture
 def scenario(store):
     """An attacker blocked after 10 requests, two benign clients (one IPv6), one redelivered batch."""
-    events = [_event(i, ATTACKER) for i in range(10)]
+    events = [_event(i, ATTACKER, country="RU", asn=64500) for i in range(10)]
     events += [_event(i, ATTACKER, "decision", decision_id="dec1") for i in range(10, 14)]
     events += [_event(100 + i, "198.51.100.20") for i in range(3)]
     events += [_event(200, "2001:db8::5", login=None)]
@@ -134,8 +141,7 @@ def test_unknown_query_and_bad_params() -> None:
 
 def test_every_named_query_runs_on_an_empty_store(store) -> None:
     for name, query in QUERIES.items():
-        params = {"ip": "192.0.2.1"} if "ip" in query.params else {}
-        result = run_query(store, name, params)
+        result = run_query(store, name, _sample_params(name, ip="192.0.2.1"))
         assert result["columns"] == list(query.columns), name
         assert isinstance(result["rows"], list)
 
@@ -143,8 +149,7 @@ def test_every_named_query_runs_on_an_empty_store(store) -> None:
 def test_declared_columns_match_the_engine(scenario) -> None:
     store = scenario[0]
     for name, query in QUERIES.items():
-        params = {"ip": ATTACKER} if "ip" in query.params else {}
-        result = store.query(query.sql, parameters=bind_params(name, params))
+        result = store.query(query.sql, parameters=bind_params(name, _sample_params(name)))
         assert result.result_rows, name
         assert list(result.column_names) == list(query.columns), name
 
