@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from clickhouse_connect.driver.client import Client
 
-from conftest import RANGE_FROM, RANGE_TO, Seed
+from tests.dashboards.seed_data import RANGE_FROM, RANGE_TO, Seed
 from dashboards import panels
 from dashboards.alerts import ALERTS, AlertSpec
 from dashboards.clickhouse import Format

@@ -2,7 +2,7 @@
 
 The store holds the dashboards' seed (four hours of traffic with a credential-stuffing
 attack, detections of four detectors, decisions of five scopes; see
-``tests/dashboards/conftest.py``) plus one request whose principal is an HTML tag. The
+``tests/dashboards/seed_data.py``) plus one request whose principal is an HTML tag. The
 command runs as a real subprocess with ``--stack`` pointing at the stopped stack, so
 it reads the chDB directory directly; every number the page shows is recomputed here
 from the seeded records.
@@ -33,7 +33,7 @@ from gatewatch.settings import load_settings
 from storage.client import get_client
 from storage.migrations import migrate
 from storage.writer import write_decisions, write_detections, write_requests
-from tests.dashboards.conftest import RANGE_TO, SEED_FROM, Seed, build_seed
+from tests.dashboards.seed_data import RANGE_TO, SEED_FROM, Seed, build_seed
 
 GATEWATCH = str(Path(sys.executable).parent / "gatewatch")
 SINCE, UNTIL = SEED_FROM, RANGE_TO  # 2025-03-01 08:00 → 12:00 UTC: the whole seed
