@@ -39,6 +39,7 @@ from gatewatch.commands import gateway_command  # noqa: E402
 from gatewatch.events import Decision  # noqa: E402
 from gatewatch.netutil import free_port, wait_for_port  # noqa: E402
 from gatewatch.settings import load_settings  # noqa: E402
+from gatewatch.signing import DecisionSigner  # noqa: E402
 
 SEED = 3
 TARGET_MB = 200.0
@@ -135,9 +136,11 @@ def main() -> None:
             last = Decision(scope="ip", value=PROBE_IP, action="ban", reason="bench last", detector="bench",
                             created_at=now, expires_at=now + timedelta(hours=1), origin="cli")
             producer = KafkaProducer(bootstrap_servers=s.bootstrap_servers, linger_ms=20, batch_size=256 * 1024)
+            signer = DecisionSigner.from_settings(s)
             t0 = time.monotonic()
             for d in [*batch, last]:
-                producer.send(s.topic_decisions, key=d.key().encode(), value=d.to_json())
+                key, value = d.key().encode(), d.to_json()
+                producer.send(s.topic_decisions, key=key, value=value, headers=signer.headers(key, value))
             producer.flush()
             producer.close()
             published_s = time.monotonic() - t0

@@ -50,6 +50,7 @@ from gatewatch.events import Decision
 from gatewatch.keys import add_key
 from gatewatch.netutil import free_port, wait_for_port
 from gatewatch.settings import load_settings
+from gatewatch.signing import DecisionSigner
 
 RESULTS = Path(__file__).parent / "results" / "gateway.json"
 NGINX_CONF = """
@@ -128,8 +129,9 @@ def jwt_material(tmp: Path, issuer: str) -> str:
                       key, algorithm="RS256", headers={"kid": "bench"})
 
 
-def publish_decisions(bootstrap: str, topic: str, n: int) -> None:
-    """``n`` active ip bans for addresses in 10.0.0.0/8 (never the benchmark client)."""
+def publish_decisions(bootstrap: str, topic: str, n: int, signer: DecisionSigner) -> None:
+    """``n`` active ip bans for addresses in 10.0.0.0/8 (never the benchmark client), signed
+    by ``signer`` (the gateway ignores unsigned decisions)."""
     from kafka import KafkaProducer
 
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=10)
@@ -138,7 +140,8 @@ def publish_decisions(bootstrap: str, topic: str, n: int) -> None:
         ip = f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}"
         d = Decision(scope="ip", value=ip, created_at=now, expires_at=now + timedelta(hours=1),
                      detector="bench", reason="bench")
-        producer.send(topic, key=d.key().encode(), value=d.to_json())
+        key, value = d.key().encode(), d.to_json()
+        producer.send(topic, key=key, value=value, headers=signer.headers(key, value))
     producer.flush()
     producer.close()
 
@@ -202,7 +205,8 @@ def main() -> None:
                                  ip_rate_limit={"rate_per_s": 1e6, "burst": 1_000_000},
                                  principal_rate_limit={"rate_per_s": 1e6, "burst": 1_000_000})
         create_topics(settings)
-        publish_decisions(settings.bootstrap_servers, settings.topic_decisions, args.decisions)
+        publish_decisions(settings.bootstrap_servers, settings.topic_decisions, args.decisions,
+                          DecisionSigner.from_settings(settings))
         env = os.environ | settings.to_env()
 
         def measure(name: str, argvs: list[list[str]], port: int, warmup_s: float = 2.0,

@@ -58,6 +58,9 @@ def list_decisions(
     console.print(table)
     if log.malformed:
         console.print(f"[yellow]{log.malformed} malformed message(s) on the topic were skipped[/]")
+    if log.unsigned or log.bad_signature:
+        console.print(f"[yellow]{log.unsigned} unsigned and {log.bad_signature} badly signed decision "
+                      f"message(s) on the topic were ignored[/]")
 
 
 @app.command("add")

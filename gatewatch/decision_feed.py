@@ -7,6 +7,10 @@ in its event loop (aiokafka); this module is the kafka-python side for
 tools. Manual decisions published here are enforced exactly like detector
 decisions.
 
+Messages are signed with the settings' decision key (:mod:`gatewatch.signing`,
+tombstones too) and only those with a valid signature are read; the others
+are counted (``unsigned``, ``bad_signature``) apart from ``malformed`` ones.
+
 Tansu quirk: its "latest offset" answer is the start of the last batch + 1,
 not the end. :func:`read_decisions` therefore reads until its position
 reaches the high-watermark returned with fetched records (which is right),
@@ -24,15 +28,20 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from gatewatch.events import Decision, MalformedRecord, decision_key, parse_decision
 from gatewatch.settings import GatewatchSettings
+from gatewatch.signing import DecisionSigner, DecisionVerifier, Headers
 
 
 @dataclass
 class DecisionLog:
     """The state of the topic after reading it: ``latest`` decision per key
-    (tombstoned keys removed) and how many messages were ``malformed``."""
+    (tombstoned keys removed), how many messages were ``malformed``, and how
+    many were ignored for having no signature (``unsigned``) or one that does
+    not verify (``bad_signature``)."""
 
     latest: dict[str, Decision] = field(default_factory=dict)
     malformed: int = 0
+    unsigned: int = 0
+    bad_signature: int = 0
     messages: int = 0
 
     def active(self, now: datetime | None = None) -> list[Decision]:
@@ -53,6 +62,7 @@ def read_decisions(settings: GatewatchSettings, timeout_s: float = 10.0) -> Deci
     (for example when the broker is down).
     """
     _reachable(settings.bootstrap_servers, timeout_s)
+    verifier = DecisionVerifier.from_settings(settings)
     consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False,
                              fetch_max_wait_ms=settings.fetch_max_wait_ms,
                              request_timeout_ms=int(max(timeout_s, 5) * 1000) + 1000)
@@ -69,7 +79,7 @@ def read_decisions(settings: GatewatchSettings, timeout_s: float = 10.0) -> Deci
                 raise TimeoutError(f"decisions topic not read to its end in {timeout_s:.0f} s")
             for tp, records in consumer.poll(timeout_ms=200).items():
                 for rec in records:
-                    _apply(log, rec.key, rec.value)
+                    _apply(log, rec.key, rec.value, rec.headers, verifier)
             for tp in tps:
                 high = consumer.highwater(tp)
                 if high is not None and consumer.position(tp) >= high:
@@ -92,8 +102,16 @@ def _reachable(bootstrap: str, timeout_s: float) -> None:
     raise TimeoutError(f"no broker answers at {bootstrap}")
 
 
-def _apply(log: DecisionLog, key: bytes | None, value: bytes | None) -> None:
+def _apply(log: DecisionLog, key: bytes | None, value: bytes | None, headers: Headers,
+           verifier: DecisionVerifier) -> None:
     log.messages += 1
+    rejected = verifier.rejects(key, value, headers)
+    if rejected == "unsigned":
+        log.unsigned += 1
+        return
+    if rejected is not None:
+        log.bad_signature += 1
+        return
     if value is None:
         log.latest.pop((key or b"").decode(errors="replace"), None)
         return
@@ -110,19 +128,23 @@ def _producer(settings: GatewatchSettings) -> KafkaProducer:
 
 
 def publish(settings: GatewatchSettings, decision: Decision) -> None:
-    """Publish ``decision`` keyed ``scope:value`` and wait for the broker's ack."""
+    """Publish ``decision`` keyed ``scope:value``, signed, and wait for the broker's ack."""
+    key, value = decision.key().encode(), decision.to_json()
+    headers = DecisionSigner.from_settings(settings).headers(key, value)
     producer = _producer(settings)
     try:
-        producer.send(settings.topic_decisions, key=decision.key().encode(), value=decision.to_json()).get(10)
+        producer.send(settings.topic_decisions, key=key, value=value, headers=headers).get(10)
     finally:
         producer.close()
 
 
 def delete(settings: GatewatchSettings, scope: str, value: str) -> None:
-    """Publish a tombstone for ``scope:value``: the gateway lifts the decision."""
+    """Publish a signed tombstone for ``scope:value``: the gateway lifts the decision."""
+    key = decision_key(scope, value).encode()
+    headers = DecisionSigner.from_settings(settings).headers(key, None)
     producer = _producer(settings)
     try:
-        producer.send(settings.topic_decisions, key=decision_key(scope, value).encode(), value=None).get(10)
+        producer.send(settings.topic_decisions, key=key, value=None, headers=headers).get(10)
     finally:
         producer.close()
 

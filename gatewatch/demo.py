@@ -27,6 +27,7 @@ from gatewatch.events import MalformedRecord, parse_decision
 from gatewatch.keys import add_key
 from gatewatch.launcher import Stack
 from gatewatch.settings import GatewatchSettings
+from gatewatch.signing import DecisionVerifier
 from gatewatch.traffic import ATTACKER_IP, TrafficLog, run_scenario
 from gatewatch.worker_api import WorkerApi
 
@@ -47,14 +48,19 @@ class DemoSummary:
 
 
 class TopicWatch:
-    """Counts detections and active decisions by following their topics from the start."""
+    """Counts detections and active decisions by following their topics from the start.
+
+    Decision messages count only when their signature verifies (:mod:`gatewatch.signing`);
+    the others are counted in ``unsigned`` (none, or one that does not verify)."""
 
     def __init__(self, settings: GatewatchSettings) -> None:
         self.settings = settings
+        self.verifier = DecisionVerifier.from_settings(settings)
         self.detections = 0
         self.decisions: dict[str, datetime] = {}  # key -> expires_at
         self.decisions_seen = 0
         self.malformed = 0
+        self.unsigned = 0
 
     def active_decisions(self) -> int:
         """Decisions whose ``expires_at`` is still ahead."""
@@ -75,6 +81,8 @@ class TopicWatch:
             async for msg in consumer:
                 if msg.topic == self.settings.topic_detections:
                     self.detections += 1
+                elif self.verifier.rejects(msg.key, msg.value, msg.headers) is not None:
+                    self.unsigned += 1
                 elif msg.value is None:
                     self.decisions.pop((msg.key or b"").decode(), None)
                 else:

@@ -9,6 +9,16 @@ also honoured locally — at lookup time and by a heap of expiry times
 drained at least once a second — so a decision lapses on time even if no
 message says so. Malformed messages are counted and skipped.
 
+Only authenticated messages are applied (:mod:`gatewatch.signing`: an
+HMAC-SHA256 over key and value in the ``gatewatch-sig`` record header, one
+of the accepted keys). A message without a signature (``unsigned``) or with
+one that does not verify (``bad_signature``: wrong or unknown key, tampered
+key or value) is counted and ignored before it is parsed, tombstones
+included, so write access to the topic alone can neither ban a client nor
+lift a ban. ``gatewatch_decision_signing_required = false`` (a migration
+aid) accepts unsigned messages; a bad signature is refused either way.
+Keys are read at start-up; a changed key does not re-judge what was applied.
+
 Scopes and what a request is matched on (all values canonical, see
 :func:`canonical_value`):
 
@@ -54,6 +64,7 @@ import asyncio
 import heapq
 import importlib
 import ipaddress
+import json
 import logging
 import math
 import time
@@ -66,6 +77,7 @@ from mitmproxy import ctx, exceptions, http
 
 from gatewatch.events import Decision, MalformedRecord, decision_key, parse_decision
 from gatewatch.settings import load_settings
+from gatewatch.signing import DecisionVerifier, Headers
 from inline import brokers, flowtags
 from inline.flowstate import FlowFacts, answered, get_facts, json_answer
 from inline.ratelimit import GcraLimiter, format_rate_limit, parse_rate_limit, retry_after_header
@@ -376,12 +388,15 @@ class FeedSpec:
 @dataclass
 class EnforcementStats:
     """Counters for metrics: messages applied, deletions, malformed messages
-    skipped, broker (re)connection failures, requests blocked (403) and
-    throttled (429), geo-hook failures."""
+    skipped, messages ignored for lack of a valid signature (``unsigned``: none;
+    ``bad_signature``: one that does not verify), broker (re)connection
+    failures, requests blocked (403) and throttled (429), geo-hook failures."""
 
     applied: int = 0
     deleted: int = 0
     malformed: int = 0
+    unsigned: int = 0
+    bad_signature: int = 0
     reconnects: int = 0
     blocked: int = 0
     throttled: int = 0
@@ -395,7 +410,9 @@ class Enforcement:
     Options: ``gatewatch_bootstrap_servers``, ``gatewatch_topic_decisions``,
     ``gatewatch_fetch_max_wait_ms``, ``gatewatch_decisions_fail_open``,
     ``gatewatch_decision_prefix_v4``/``_v6``, ``gatewatch_throttle_rate_limit``,
-    ``gatewatch_geo_lookup``. Runs before authentication refuses (the
+    ``gatewatch_geo_lookup``, ``gatewatch_decision_signing_key``/``_kid``,
+    ``gatewatch_decision_verify_keys`` (JSON ``{kid: secret}``),
+    ``gatewatch_decision_signing_required``. Runs before authentication refuses (the
     principal is identified in ``requestheaders``), so banned clients learn
     nothing about their keys. :attr:`after_login` is a second addon, to be
     placed after :class:`inline.login.Login`, that enforces ``username``
@@ -410,6 +427,7 @@ class Enforcement:
         self.throttle: GcraLimiter | None = None
         self.geo_lookup: GeoLookup | None = None
         self.after_login = LoginStage(self)
+        self.verifier = DecisionVerifier.from_settings(load_settings())
         self._task: asyncio.Task | None = None
 
     def load(self, loader) -> None:
@@ -429,6 +447,14 @@ class Enforcement:
                           "Limit of a client under a throttle decision, 'RATE:BURST'.")
         loader.add_option("gatewatch_geo_lookup", str, s.geo_lookup,
                           "'module:function' giving (asn, country) of a client IP, for asn/country decisions.")
+        loader.add_option("gatewatch_decision_signing_key", str, s.decision_signing_key,
+                          "Secret key (HMAC-SHA256) decision messages must be signed with.")
+        loader.add_option("gatewatch_decision_signing_kid", str, s.decision_signing_kid,
+                          "Key id of gatewatch_decision_signing_key.")
+        loader.add_option("gatewatch_decision_verify_keys", str, json.dumps(s.decision_verify_keys),
+                          "Further accepted decision keys, JSON {kid: secret} (key rotation).")
+        loader.add_option("gatewatch_decision_signing_required", bool, s.decision_signing_required,
+                          "Ignore unsigned decision messages (false accepts them; bad signatures never).")
 
     def configure(self, updated: set[str]) -> None:
         o = ctx.options
@@ -445,6 +471,18 @@ class Enforcement:
                 self.geo_lookup = load_geo_lookup(o.gatewatch_geo_lookup)
             except ValueError as exc:
                 raise exceptions.OptionsError(str(exc)) from exc
+        signing = {"gatewatch_decision_signing_key", "gatewatch_decision_signing_kid",
+                   "gatewatch_decision_verify_keys", "gatewatch_decision_signing_required"}
+        if updated & signing:
+            try:
+                extra = json.loads(o.gatewatch_decision_verify_keys or "{}")
+                if not isinstance(extra, dict) or not all(isinstance(v, str) for v in extra.values()):
+                    raise ValueError("gatewatch_decision_verify_keys must be a JSON object of strings")
+                self.verifier = DecisionVerifier.from_config(
+                    o.gatewatch_decision_signing_kid, o.gatewatch_decision_signing_key, extra,
+                    o.gatewatch_decision_signing_required)
+            except ValueError as exc:
+                raise exceptions.OptionsError(f"decision signing: {exc}") from exc
         if updated & {"gatewatch_decision_prefix_v4", "gatewatch_decision_prefix_v6"}:
             v4, v6 = o.gatewatch_decision_prefix_v4, o.gatewatch_decision_prefix_v6
             if not (0 <= v4 <= 32 and 0 <= v6 <= 128):
@@ -541,8 +579,22 @@ class Enforcement:
             json_answer(flow, 429, {"error": "rate_limited", "scope": "throttle", "decision_id": active.id,
                                     "retry_after_s": int(header)}, "rate_limit", {"Retry-After": header})
 
-    def apply(self, key: bytes | None, value: bytes | None, now: float) -> None:
-        """Apply one decisions message, counting it; malformed ones are counted and skipped."""
+    def apply(self, key: bytes | None, value: bytes | None, now: float, headers: Headers = None) -> None:
+        """Apply one decisions message with its record ``headers``, counting it. One without a
+        valid signature is counted (``unsigned`` / ``bad_signature``) and ignored; a malformed
+        one is counted and skipped."""
+        rejected = self.verifier.rejects(key, value, headers)
+        if rejected is not None:
+            if rejected == "unsigned":
+                self.stats.unsigned += 1
+                count = self.stats.unsigned
+            else:
+                self.stats.bad_signature += 1
+                count = self.stats.bad_signature
+            if count <= 10 or count % 1000 == 0:   # a flood of forged messages must not flood the log
+                logger.warning("ignoring decision message with %s (key %r; %d so far)",
+                               "no signature" if rejected == "unsigned" else "a bad signature", key, count)
+            return
         try:
             result = self.store.apply(key, value, now)
         except MalformedRecord as exc:
@@ -582,7 +634,7 @@ class Enforcement:
                     now = time.time()
                     for records in batches.values():
                         for record in records:
-                            self.apply(record.key, record.value, now)
+                            self.apply(record.key, record.value, now, record.headers)
                     if not self.loaded:
                         self.loaded = await _caught_up(consumer, tps)
                     if now - last_expire >= EXPIRE_EVERY_S:

@@ -31,6 +31,10 @@ gatewatch_spool_bytes                       gauge    bytes of events waiting on 
 gatewatch_broker_send_latency_seconds       histo.   send → broker acknowledgement
 gatewatch_decisions_active                  gauge    decisions held by enforcement
 gatewatch_decision_messages_malformed_total counter  skipped decision messages
+gatewatch_decisions_rejected_total          counter  decision messages ignored, by reason:
+                                                     ``unsigned`` (no signature),
+                                                     ``bad_signature`` (one that does not
+                                                     verify), ``malformed``
 gatewatch_ratelimit_backend_errors_total    counter  requests the rate limiter's Redis did not
                                                      judge: reason (``timeout``, ``error``,
                                                      ``down``), outcome (``fail_open``,
@@ -106,6 +110,12 @@ class _Collector:
             yield _gauge("gatewatch_decisions_active", "Decisions held by the gateway.", len(enforcement.store))
             yield _counter("gatewatch_decision_messages_malformed", "Decision messages skipped as malformed.",
                            (), {(): enforcement.stats.malformed})
+            st = enforcement.stats
+            yield _counter("gatewatch_decisions_rejected",
+                           "Decision messages ignored: no signature, a signature that does not verify "
+                           "(gatewatch/signing.py), or malformed.", ("reason",),
+                           {("unsigned",): st.unsigned, ("bad_signature",): st.bad_signature,
+                            ("malformed",): st.malformed})
         ratelimit = _addon("ratelimit")
         if ratelimit is not None:
             yield _counter("gatewatch_ratelimit_backend_errors",

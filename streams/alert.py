@@ -3,7 +3,9 @@
 Off unless ``settings.alerting`` names a receiver. Detections below
 ``alerting.min_severity`` do not alert. A decision's alert resolves when
 the decision expires; a tombstone (the decision deleted) resolves it at
-once, using the last alert this worker sent for that ``scope:value``.
+once, using the last alert this worker sent for that ``scope:value``. Only
+decision messages whose signature verifies (:mod:`gatewatch.signing`) alert
+or resolve; the sink counts the others.
 Delivery failures are retried, then counted (``alerts_failed``): alerting
 never holds up detection or storage. See :mod:`streams.alertmanager`.
 """
@@ -16,7 +18,7 @@ from gatewatch.events import MalformedRecord, parse_decision, parse_detection
 from streams import counters
 from streams.alertmanager import AlertSender, decision_alert, detection_alert, resolved_decision_alert
 from streams.app import app, settings
-from streams.topics import decisions_topic, detections_topic
+from streams.topics import decisions_topic, detections_topic, verified_decisions
 
 SEVERITY_RANK = {"low": 0, "medium": 1, "high": 2, "critical": 3}
 cfg = settings.alerting
@@ -59,7 +61,10 @@ if enabled:
     @app.agent(decisions_topic)
     async def alert_decisions(stream):  # type: ignore[no-untyped-def]
         """Alert on decisions; resolve on expiry or deletion (tombstone)."""
-        async for key, value in stream.items():
+        async for event in stream.events():
+            if not verified_decisions([event], count=False):
+                continue  # counted by the sink
+            key, value = event.message.key, event.message.value
             name = (key or b"").decode(errors="replace")
             if value is None:
                 last = _last_decision_alert.pop(name, None)

@@ -1,6 +1,7 @@
 """Publishing what the detectors find: each detection through the decision policy,
 then the detection to ``topic_detections`` and the decision, if any, to
-``topic_decisions`` keyed ``scope:value`` (which the gateway follows).
+``topic_decisions`` keyed ``scope:value`` (which the gateway follows), signed
+with the settings' decision key (:mod:`gatewatch.signing`, a record header).
 
 One :class:`detectors.decision_policy.DecisionPolicy` serves every agent of
 this worker (the agents run on one event loop and call it between awaits). Its
@@ -21,7 +22,7 @@ from detectors.decision_policy import DecisionPolicy
 from gatewatch.events import Detection, decision_key
 from streams import counters
 from streams.app import settings
-from streams.topics import decisions_topic, detections_topic
+from streams.topics import decision_signer, decisions_topic, detections_topic
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -44,7 +45,8 @@ async def publish(detections: Iterable[Detection]) -> None:
             log.info("%s detection (%s, no decision): %s", detection.detector, result.outcome,
                      detection.summary)
             continue
-        await decisions_topic.send(key=decision.key().encode(), value=decision.to_json())
+        key, value = decision.key().encode(), decision.to_json()
+        await decisions_topic.send(key=key, value=value, headers=decision_signer.headers(key, value))
         counters.incr("decisions_emitted")
         log.warning("%s %s until %s: %s", decision.action, decision.key(), decision.expires_at.isoformat(),
                     detection.summary)

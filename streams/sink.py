@@ -12,6 +12,10 @@ is rejected alone and counted (``rejected_<kind>``). If the engine itself
 fails, the batch is retried :data:`WRITE_ATTEMPTS` times with back-off, then
 counted as ``dropped_<kind>`` and logged: storage trouble must not stall the
 detection agent that shares the consumer.
+
+Decisions are stored only when their signature verifies (:mod:`gatewatch.signing`);
+the others are counted here (``unsigned_decisions``, ``bad_signature_decisions``)
+and skipped, so a forged decision never reaches the store or ``gatewatch explain``.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from gatewatch.events import parse_decision, parse_detection, parse_request_even
 from storage.writer import WriteResult
 from streams import counters
 from streams.app import app, settings, store
-from streams.topics import decisions_topic, detections_topic, parse_many, requests_topic
+from streams.topics import decisions_topic, detections_topic, parse_many, requests_topic, verified_decisions
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -78,5 +82,7 @@ async def sink_detections(stream):  # type: ignore[no-untyped-def]
 
 @app.agent(decisions_topic)
 async def sink_decisions(stream):  # type: ignore[no-untyped-def]
-    """Store decisions (manual ones from the CLI too)."""
-    await _sink(stream, "decisions", parse_decision, store.write_decisions)
+    """Store decisions (manual ones from the CLI too) whose signature verifies."""
+    async for events in stream.take_events(settings.sink_batch_size, within=settings.sink_batch_within_s):
+        values = [event.message.value for event in verified_decisions(events)]
+        await store_batch("decisions", parse_many(parse_decision, values, "decisions"), store.write_decisions)

@@ -7,15 +7,21 @@ on one partition, in order. The worker re-keys what other detectors need
 (:mod:`streams.rekey`): batches of events by principal (BOLA), latency samples
 by route (latency), and every login attempt on one partition (the aggregate
 credential-stuffing rules).
+
+Decisions are signed by :data:`decision_signer` and read only when
+:data:`decision_verifier` accepts their signature (:mod:`gatewatch.signing`):
+see :func:`verified_decisions`.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable, Iterable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from gatewatch.events import MalformedRecord
+from gatewatch.signing import DecisionSigner, DecisionVerifier
 from streams import counters
 from streams.app import app, settings
 
@@ -29,6 +35,10 @@ by_principal_topic = app.topic(settings.topic_requests_by_principal, key_seriali
                                value_serializer="raw")
 by_route_topic = app.topic(settings.topic_requests_by_route, key_serializer="raw", value_serializer="raw")
 logins_topic = app.topic(settings.topic_logins, key_serializer="raw", value_serializer="raw")
+
+decision_signer = DecisionSigner.from_settings(settings)
+decision_verifier = DecisionVerifier.from_settings(settings)
+_rejected: Counter[str] = Counter()   # for log throttling; the figures are in streams.counters
 
 
 def parse_or_count(parser: Callable[[bytes], T], value: bytes | None, counter: str) -> T | None:
@@ -58,4 +68,29 @@ def parse_many(parser: Callable[[bytes], T], values: Iterable[bytes | None], kin
         record = parse_or_count(parser, value, f"malformed_{kind}")
         if record is not None:
             out.append(record)
+    return out
+
+
+def verified_decisions(events: Iterable[Any], count: bool = True) -> list[Any]:
+    """The Faust events of the decisions topic whose signature is accepted, in order.
+
+    The others are dropped and, with ``count``, counted as ``unsigned_decisions``
+    (no signature) or ``bad_signature_decisions`` (one that does not verify) and
+    logged (the first ten of each, then every thousandth). Only one reader of the
+    topic counts (the sink), so the figures are not doubled by the alert agent.
+    """
+    out = []
+    for event in events:
+        message = event.message
+        reason = decision_verifier.rejects(message.key, message.value, message.headers)
+        if reason is None:
+            out.append(event)
+            continue
+        if count:
+            counters.incr(f"{reason}_decisions")
+            _rejected[reason] += 1
+            n = _rejected[reason]
+            if n <= 10 or n % 1000 == 0:
+                log.warning("ignored a decision message with %s (key %r; %d so far)",
+                            "no signature" if reason == "unsigned" else "a bad signature", message.key, n)
     return out

@@ -15,10 +15,11 @@ from kafka import KafkaProducer
 
 from gatewatch.cli_decisions import parse_duration
 from gatewatch.commands import serve_command
-from gatewatch.decision_feed import read_decisions
+from gatewatch.decision_feed import manual_decision, read_decisions
 from gatewatch.keys import add_key
 from gatewatch.netutil import free_port, wait_for_port
 from gatewatch.settings import GatewatchSettings
+from gatewatch.signing import DecisionSigner
 
 GATEWATCH = str(Path(sys.executable).parent / "gatewatch")
 
@@ -65,9 +66,17 @@ def test_add_list_delete_enforced_by_the_gateway(settings: GatewatchSettings, sa
         url = f"http://{s.listen_host}:{s.listen_port}/health"
         assert status_from("127.0.0.77", url).status_code == 200
 
-        # A malformed message on the topic is skipped by the gateway and by `list`.
+        # A malformed message on the topic is skipped by the gateway and by `list`; so are
+        # a forged (unsigned) ban and one signed with another key, counted apart.
         producer = KafkaProducer(bootstrap_servers=s.bootstrap_servers)
-        producer.send(s.topic_decisions, key=b"ip:1.2.3.4", value=b"{not json").get(10)
+        signer = DecisionSigner.from_settings(s)
+        producer.send(s.topic_decisions, key=b"ip:1.2.3.4", value=b"{not json",
+                      headers=signer.headers(b"ip:1.2.3.4", b"{not json")).get(10)
+        forged = manual_decision("ip", "127.0.0.79", 600, "forged")
+        key, value = forged.key().encode(), forged.to_json()
+        producer.send(s.topic_decisions, key=key, value=value).get(10)
+        producer.send(s.topic_decisions, key=key, value=value,
+                      headers=DecisionSigner("dev", b"guessed").headers(key, value)).get(10)
         producer.close()
 
         added = cli(s, "add", "--scope", "ip", "--value", "127.0.0.77", "--ttl", "10m", "--reason", "manual test")
@@ -77,10 +86,15 @@ def test_add_list_delete_enforced_by_the_gateway(settings: GatewatchSettings, sa
         decision = read_decisions(s).active()[0]
         assert blocked.json()["decision_id"] == decision.id and decision.origin == "cli"
         assert status_from("127.0.0.78", url).status_code == 200  # another client is untouched
+        assert status_from("127.0.0.79", url).status_code == 200  # the forged bans came first: ignored
+        log = read_decisions(s)
+        assert (log.malformed, log.unsigned, log.bad_signature) == (1, 1, 1)
+        assert [d.id for d in log.active()] == [decision.id]
 
         listed = cli(s, "list")
         assert decision.id in listed.stdout and "manual test" in listed.stdout
         assert "1 malformed" in listed.stdout
+        assert "1 unsigned and 1 badly signed" in listed.stdout
 
         deleted = cli(s, "delete", "--id", decision.id)
         assert deleted.returncode == 0, deleted.stdout + deleted.stderr

@@ -25,7 +25,7 @@ import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaConsumer, TopicPartition
 
 from auth_testkit import (
     AuthServer,
@@ -40,6 +40,7 @@ from auth_testkit import (
     sign,
     unsigned,
 )
+from gatewatch import decision_feed
 from gatewatch.broker import create_topics, start_tansu
 from gatewatch.events import Decision, RequestEvent, parse_request_event
 from gatewatch.keys import add_key
@@ -338,11 +339,7 @@ def test_a_ban_on_the_token_subject_blocks_its_tokens(stack: Stack):
     now = datetime.now(timezone.utc)
     ban = Decision(scope="principal", value="user-banned", action="ban", reason="test", detector="manual",
                    created_at=now, expires_at=now + timedelta(minutes=10), origin="cli")
-    producer = KafkaProducer(bootstrap_servers=stack.settings.bootstrap_servers)
-    try:
-        producer.send(stack.settings.topic_decisions, key=ban.key().encode(), value=ban.to_json()).get(timeout=10)
-    finally:
-        producer.close()
+    decision_feed.publish(stack.settings, ban)   # signed, as every decision writer does
     banned_jwt = sign(keys["rsa"], claims(server.issuer, sub="user-banned"))
     banned_opaque = server.issue(sub="user-banned")
     other = sign(keys["rsa"], claims(server.issuer, sub="user-free"))

@@ -8,9 +8,12 @@ import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from mitmproxy import exceptions
 from mitmproxy.test import taddons
 
 from gatewatch.events import Decision, MalformedRecord
+from gatewatch.settings import load_settings
+from gatewatch.signing import DecisionSigner
 from inline import flowtags
 from inline.enforcement import DecisionStore, Enforcement, canonical_value, load_geo_lookup
 from inline.flowstate import get_facts
@@ -21,6 +24,12 @@ from inline_testkit import make_flow, run_flow
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
 T = NOW.timestamp()
+SIGNER = DecisionSigner.from_settings(load_settings())   # the gateway's default (dev) key
+
+
+def signed_apply(addon: Enforcement, key: bytes | None, value: bytes | None, now: float) -> None:
+    """``addon.apply`` of a message signed with the default key, as the feed passes it."""
+    addon.apply(key, value, now, SIGNER.headers(key, value))
 
 
 def decision(scope="ip", value="192.0.2.1", action="ban", ttl_s=600.0, **kw) -> Decision:
@@ -141,12 +150,64 @@ def test_malformed_messages_raise(key, value):
 
 def test_addon_counts_malformed_and_keeps_going():
     addon = Enforcement()
-    addon.apply(b"ip:192.0.2.1", b"garbage", T)
-    addon.apply(None, None, T)
+    signed_apply(addon, b"ip:192.0.2.1", b"garbage", T)
+    signed_apply(addon, None, None, T)
     d = decision()
-    addon.apply(d.key().encode(), d.to_json(), T)
+    signed_apply(addon, d.key().encode(), d.to_json(), T)
     assert addon.stats.malformed == 2 and addon.stats.applied == 1
     assert addon.store.match_request("192.0.2.1", "", T).id == d.id
+
+
+def test_addon_ignores_unsigned_and_badly_signed_messages():
+    """Only messages signed with an accepted key change the store; the others are counted."""
+    addon = Enforcement()
+    d = decision()
+    key, value = d.key().encode(), d.to_json()
+    wrong = DecisionSigner("dev", b"not-the-key")   # the right kid, the wrong secret
+    addon.apply(key, value, T)                                   # unsigned
+    addon.apply(key, value, T, wrong.headers(key, value))        # signed with another key
+    addon.apply(key, value, T, [("gatewatch-sig", b"v1;kid=dev;hmac-sha256=" + b"0" * 64)])
+    addon.apply(b"ip:192.0.2.2", value, T, SIGNER.headers(key, value))   # valid signature, other key
+    assert (addon.stats.unsigned, addon.stats.bad_signature, addon.stats.applied) == (1, 3, 0)
+    assert len(addon.store) == 0 and addon.stats.malformed == 0   # rejected before parsing
+    signed_apply(addon, key, value, T)
+    assert addon.store.match_request("192.0.2.1", "", T).id == d.id
+    addon.apply(key, None, T)                                    # a forged tombstone
+    addon.apply(key, None, T, wrong.headers(key, None))
+    addon.apply(key, None, T, SIGNER.headers(key, b""))          # the signature of an empty value
+    assert addon.store.match_request("192.0.2.1", "", T).id == d.id
+    assert (addon.stats.unsigned, addon.stats.bad_signature) == (2, 5)
+    signed_apply(addon, key, None, T)                            # the real tombstone
+    assert addon.store.match_request("192.0.2.1", "", T) is None and addon.stats.deleted == 1
+
+
+def test_addon_signing_options():
+    """Rotation (an old key in gatewatch_decision_verify_keys), the migration mode
+    (unsigned accepted, bad signatures still refused) and bad option values."""
+    old = DecisionSigner("old", b"old-secret")
+    d, other = decision(), decision(value="192.0.2.2")
+    third = decision(value="192.0.2.3")
+    addon = Enforcement()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, gatewatch_decision_signing_kid="new", gatewatch_decision_signing_key="new-secret",
+                       gatewatch_decision_verify_keys='{"old": "old-secret"}')
+        new = DecisionSigner("new", b"new-secret")
+        for signer, dec in ((old, d), (new, other)):
+            addon.apply(dec.key().encode(), dec.to_json(), T, signer.headers(dec.key().encode(), dec.to_json()))
+        assert addon.stats.applied == 2 and len(addon.store) == 2
+        addon.apply(third.key().encode(), third.to_json(), T)      # unsigned: refused while required
+        assert addon.stats.unsigned == 1 and len(addon.store) == 2
+        tctx.configure(addon, gatewatch_decision_signing_required=False)
+        addon.apply(third.key().encode(), third.to_json(), T)      # migration: unsigned accepted
+        assert len(addon.store) == 3
+        forged = decision(value="192.0.2.4")
+        addon.apply(forged.key().encode(), forged.to_json(), T,
+                    SIGNER.headers(forged.key().encode(), forged.to_json()))   # "dev" is not accepted here
+        assert addon.stats.bad_signature == 1 and len(addon.store) == 3
+        for bad in ({"gatewatch_decision_verify_keys": "[1]"}, {"gatewatch_decision_verify_keys": "{"},
+                    {"gatewatch_decision_signing_kid": "bad kid"}, {"gatewatch_decision_signing_key": ""}):
+            with pytest.raises(exceptions.OptionsError, match="decision signing"):
+                tctx.configure(addon, **bad)
 
 
 def test_addon_answers_403_with_decision():
@@ -156,7 +217,7 @@ def test_addon_answers_403_with_decision():
             tctx.configure(addon, gatewatch_bootstrap_servers="127.0.0.1:1")
             live = Decision(scope="ip", value="10.9.8.7", created_at=datetime.now(timezone.utc),
                             expires_at=datetime.now(timezone.utc) + timedelta(minutes=10))
-            addon.apply(live.key().encode(), live.to_json(), datetime.now(timezone.utc).timestamp())
+            signed_apply(addon, live.key().encode(), live.to_json(), datetime.now(timezone.utc).timestamp())
             blocked = await run_flow(tctx, [routes, addon], make_flow(peer="::ffff:10.9.8.7"))
             passed = await run_flow(tctx, [routes, addon], make_flow(peer="10.9.8.6"))
         assert blocked.response.status_code == 403
@@ -301,7 +362,7 @@ def test_addon_scopes_throttle_allow_list_and_username_stage(tmp_path):
                          live("ip", "100.64.0.7", "throttle"), live("ip", "192.0.2.5"),
                          live("username", username_hash("k", "victim"))]
             for d in decisions:
-                enf.apply(d.key().encode(), d.to_json(), time.time())
+                signed_apply(enf, d.key().encode(), d.to_json(), time.time())
 
             async def status(peer: str, **kw) -> tuple[int, object]:
                 flow = await run_flow(tctx, chain, make_flow(peer=peer, **kw))
@@ -333,7 +394,7 @@ def test_broken_geo_hook_is_counted_and_fails_open():
         with taddons.context(routes, enf) as tctx:
             tctx.configure(enf, gatewatch_geo_lookup="geo_fixture:broken")
             d = live("country", "DE")
-            enf.apply(d.key().encode(), d.to_json(), time.time())
+            signed_apply(enf, d.key().encode(), d.to_json(), time.time())
             flow = await run_flow(tctx, [routes, enf], make_flow(peer="198.18.0.1"))
         assert flow.response.status_code == 200 and enf.stats.geo_errors == 1
     asyncio.run(go())

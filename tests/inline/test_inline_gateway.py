@@ -27,6 +27,7 @@ from gatewatch.events import Decision, RequestEvent, parse_request_event
 from gatewatch.keys import add_key
 from gatewatch.netutil import free_port
 from gatewatch.settings import GatewatchSettings, RateLimit, load_settings
+from gatewatch.signing import DecisionSigner
 from inline_testkit import mitmdump, upstream_server
 
 POLL_S = 10.0   # upper bound of every "wait until" loop; tests never assert on timing
@@ -116,10 +117,12 @@ def request_events(settings: GatewatchSettings, ids: set[str]) -> tuple[dict[str
     return events, raw
 
 
-def publish(settings: GatewatchSettings, key: bytes, value: bytes | None) -> None:
+def publish(settings: GatewatchSettings, key: bytes | None, value: bytes | None) -> None:
+    """Produce one decisions message signed with the settings' key, as gatewatch's writers do."""
     producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers)
     try:
-        producer.send(settings.topic_decisions, key=key, value=value).get(timeout=10)
+        producer.send(settings.topic_decisions, key=key, value=value,
+                      headers=DecisionSigner.from_settings(settings).headers(key, value)).get(timeout=10)
     finally:
         producer.close()
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaConsumer, TopicPartition
 
-from gatewatch import geoip
+from gatewatch import decision_feed, geoip
 from gatewatch.events import Decision, parse_request_event
 from gatewatch.keys import add_key
 from gatewatch.netutil import free_port
@@ -70,9 +70,7 @@ def test_country_and_asn_in_events_and_decisions(settings: GatewatchSettings, tm
 
             now = datetime.now(timezone.utc)
             ban = Decision(scope="country", value="GB", created_at=now, expires_at=now + timedelta(minutes=5))
-            producer = KafkaProducer(bootstrap_servers=s.bootstrap_servers)
-            producer.send(s.topic_decisions, key=ban.key().encode(), value=ban.to_json()).get(10)
-            producer.close()
+            decision_feed.publish(s, ban)   # signed, as every decision writer does
             deadline = time.monotonic() + 10
             while get(LONDON_IP).status_code != 403 and time.monotonic() < deadline:
                 time.sleep(0.05)

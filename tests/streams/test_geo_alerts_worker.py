@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from gatewatch import geoip
-from gatewatch.events import RequestEvent, new_id, parse_detection
+from gatewatch.events import Decision, RequestEvent, new_id, parse_detection
 from gatewatch.netutil import free_port
 from gatewatch.settings import GatewatchSettings
 from worker_harness import Worker, producer, read_topic, wait_for
@@ -25,6 +25,7 @@ from worker_harness import Worker, producer, read_topic, wait_for
 TRAVELLER = "key-traveller"
 LONDON_IP, CALIFORNIA_IP = "81.2.69.160", "8.8.8.8"
 STUFFER_IP = "203.0.113.99"
+FORGED_IP = "203.0.113.66"   # an unsigned ban on the topic: it must not alert
 
 
 @pytest.fixture
@@ -60,6 +61,8 @@ def test_impossible_travel_and_alerts(worker: Worker, alertmanager: str) -> None
     events += [_event(t0 + timedelta(minutes=10, seconds=i), STUFFER_IP, method="POST", path="/login", route="/login",
                       status=401, login="failure", username_hash=f"u{i}") for i in range(12)]
     p = producer(s)
+    forged = Decision(scope="ip", value=FORGED_IP, created_at=t0, expires_at=t0 + timedelta(hours=1))
+    p.send(s.topic_decisions, key=forged.key().encode(), value=forged.to_json())
     for e in events:
         p.send(s.topic_requests, key=e.client_ip.encode(), value=e.to_json())
     p.flush()
@@ -84,6 +87,6 @@ def test_impossible_travel_and_alerts(worker: Worker, alertmanager: str) -> None
         got = wait_for(alerts, 60, "alerts for the geo detection and the stuffing ban")
     except AssertionError:
         raise AssertionError(f"alerts seen: {httpx.get(f'{alertmanager}/api/v2/alerts').json()}") from None
-    ban = next(a for a in got if a["labels"]["alertname"] == "GatewatchDecision")
+    [ban] = [a for a in got if a["labels"]["alertname"] == "GatewatchDecision"]   # not the forged one
     assert ban["labels"]["value"] == STUFFER_IP and ban["annotations"]["explain"].startswith("gatewatch explain ")
     wait_for(lambda: worker.health()["counters"].get("alerts_sent", 0) >= 3 or None, 10, "the alerts counter")

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from gatewatch.broker import topic_partitions
-from gatewatch.events import RequestEvent, new_id, parse_decision, parse_detection
+from gatewatch.events import Decision, RequestEvent, new_id, parse_decision, parse_detection
 from gatewatch.netutil import free_port
 from gatewatch.settings import GatewatchSettings
+from gatewatch.signing import DecisionSigner, DecisionVerifier
 from worker_harness import Worker, producer, read_topic, wait_for
 
 ATTACKER = "203.0.113.7"
@@ -91,14 +92,21 @@ def test_attack_is_detected_banned_and_everything_stored_once(worker: Worker) ->
     for event in attack + benign + [bad_ip]:
         p.send(s.topic_requests, key=event.client_ip.encode(), value=event.to_json())
     p.send(s.topic_requests, key=b"198.51.100.99", value=b'{"event_id": "broken", "ts": ')
-    p.send(s.topic_decisions, key=b"ip:192.0.2.1", value=b"not a decision")
+    signer = DecisionSigner.from_settings(s)
+    p.send(s.topic_decisions, key=b"ip:192.0.2.1", value=b"not a decision",
+           headers=signer.headers(b"ip:192.0.2.1", b"not a decision"))
+    # Forged decisions (no signature; a guessed key) are counted, never stored.
+    forged = Decision(scope="ip", value="192.0.2.66", created_at=t0, expires_at=t0 + timedelta(hours=1))
+    fkey, fvalue = forged.key().encode(), forged.to_json()
+    p.send(s.topic_decisions, key=fkey, value=fvalue)
+    p.send(s.topic_decisions, key=fkey, value=fvalue, headers=DecisionSigner("dev", b"guess").headers(fkey, fvalue))
     p.flush()
     p.close()
 
     # Detection and ban decision on their topics.
     detections = wait_for(lambda: read_topic(s, s.topic_detections), 30, "a detection")
-    decisions = wait_for(lambda: [kv for kv in read_topic(s, s.topic_decisions) if kv[1] != b"not a decision"],
-                         30, "a decision")
+    decisions = wait_for(lambda: [m for m in read_topic(s, s.topic_decisions, headers=True)
+                                  if m[0] == f"ip:{ATTACKER}".encode()], 30, "a decision")
     [(det_key, det_value)] = detections
     detection = parse_detection(det_value)
     assert det_key == f"ip:{ATTACKER}".encode()
@@ -107,7 +115,8 @@ def test_attack_is_detected_banned_and_everything_stored_once(worker: Worker) ->
     assert detection.evidence["distinct_usernames"] == s.credential_stuffing.min_failures
     assert set(detection.sample_event_ids) <= {e.event_id for e in attack}
     assert detection.ts == attack[s.credential_stuffing.min_failures - 1].ts  # event time, 10th failure
-    [(dec_key, dec_value)] = decisions
+    [(dec_key, dec_value, dec_headers)] = decisions
+    assert DecisionVerifier.from_settings(s).check(dec_key, dec_value, dec_headers) == "valid"   # signed
     decision = parse_decision(dec_value)
     assert dec_key == f"ip:{ATTACKER}".encode() == decision.key().encode()
     assert decision.action == "ban" and decision.detection_id == detection.detection_id
@@ -124,6 +133,7 @@ def test_attack_is_detected_banned_and_everything_stored_once(worker: Worker) ->
     assert counters["malformed_requests"] == 1
     assert counters["detector_skipped_malformed"] == 1
     assert counters["malformed_decisions"] == 1
+    assert counters["unsigned_decisions"] == counters["bad_signature_decisions"] == 1
     assert counters["rejected_requests"] == 1
     assert counters["stored_requests"] == len(produced)
     assert counters["detections_emitted"] == counters["decisions_emitted"] == 1

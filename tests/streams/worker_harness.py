@@ -105,8 +105,9 @@ def producer(settings: GatewatchSettings) -> KafkaProducer:
     return KafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=5)
 
 
-def read_topic(settings: GatewatchSettings, topic: str) -> list[tuple[bytes | None, bytes | None]]:
-    """Every ``(key, value)`` in ``topic`` so far, read from the beginning with no group.
+def read_topic(settings: GatewatchSettings, topic: str, headers: bool = False) -> list[tuple[Any, ...]]:
+    """Every ``(key, value)`` in ``topic`` so far, read from the beginning with no group
+    (``(key, value, headers)`` with ``headers``).
 
     Reads up to the high-watermark reported with fetched records (Tansu's
     "latest offset" answer is wrong, see DESIGN.md).
@@ -126,7 +127,7 @@ def read_topic(settings: GatewatchSettings, topic: str) -> list[tuple[bytes | No
                 continue
             idle_polls = 0
             for records in batch.values():
-                out.extend((r.key, r.value) for r in records)
+                out.extend((r.key, r.value, r.headers) if headers else (r.key, r.value) for r in records)
         return out
     finally:
         consumer.close()
