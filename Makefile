@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 .PHONY: install system-deps demo test clean
 
 # Debian packages the tests start as real processes (Alertmanager, Redis); installed when missing.
-APT_PACKAGES := prometheus-alertmanager redis-server
+APT_PACKAGES := prometheus-alertmanager redis-server curl
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \

@@ -299,7 +299,7 @@ class GatewatchSettings(BaseSettings):
     listen_port: int = 8080
     tls_cert: Path | None = Field(
         None, description="PEM with the private key and certificate chain the gateway presents to "
-                          "clients (TLS termination); None serves plain HTTP.")
+                          "clients (TLS termination; HTTP/2 by ALPN); None serves plain HTTP.")
     upstream: str = "http://127.0.0.1:8000"
     keys_file: Path = Path(".gatewatch/keys.toml")
     api_key_header: str = "X-API-Key"

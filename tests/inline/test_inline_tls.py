@@ -1,10 +1,8 @@
-"""TLS termination with a given certificate on a real gateway process.
+"""TLS termination with a given certificate, and HTTP/2 to clients, on a real gateway process.
 
-HTTP/2 to clients is not covered: with a plain-HTTP upstream, mitmproxy 11.0.2
-negotiates ALPN h2 and then reads the connection as HTTP/1 ("Initiating HTTP/2
-connections with prior knowledge are currently not supported"), in bare
-mitmdump as well; clients that also offer http/1.1 (httpcore offers it first)
-get HTTP/1.1.
+HTTP/2 is checked with curl (Debian ``curl``, built with nghttp2): httpx's
+httpcore offers ALPN "http/1.1" before "h2" and the gateway honours the
+client's order, so httpx clients get HTTP/1.1 here.
 
 The certificate chain (a test CA and a leaf for 127.0.0.1) is made here with
 ``cryptography``; the client trusts only that CA.
@@ -15,6 +13,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -87,6 +86,25 @@ def test_tls_with_the_given_certificate(tls_gateway) -> None:
         assert denied.status_code == 401 and denied.headers["x-request-id"]
         passed = client.get(f"{base}/users/1", headers={"X-API-Key": raw})
         assert passed.status_code == 401 and passed.json() == {"error": "login required"}  # the upstream's answer
+
+
+def curl(*args: str) -> str:
+    binary = shutil.which("curl")
+    assert binary, "curl is not installed: apt-get install curl (make test does)"
+    return subprocess.run([binary, "-s", *args], capture_output=True, text=True, timeout=30, check=True).stdout
+
+
+def test_http2_to_clients(tls_gateway, tmp_path: Path) -> None:
+    base, ca, raw = tls_gateway
+    out = curl("--http2", "--cacert", str(ca), "-o", str(tmp_path / "body"), "-w", "%{http_version} %{http_code}",
+               f"{base}/health")
+    assert out == "2 200" and (tmp_path / "body").read_text().startswith('{"status"')
+    denied = curl("--http2", "--cacert", str(ca), "-o", "/dev/null", "-w", "%{http_version} %{http_code}",
+                  f"{base}/users/1")
+    assert denied == "2 401"  # the policy runs on HTTP/2 streams too
+    passed = curl("--http2", "--cacert", str(ca), "-H", f"X-API-Key: {raw}", "-w", " %{http_version} %{http_code}",
+                  f"{base}/users/1")
+    assert passed.endswith(" 2 401") and '"login required"' in passed  # the upstream's own answer
 
 
 def test_clients_that_do_not_trust_the_ca_fail_the_handshake(tls_gateway) -> None:
