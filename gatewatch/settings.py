@@ -297,6 +297,10 @@ class GatewatchSettings(BaseSettings):
     # Gateway
     listen_host: str = "127.0.0.1"
     listen_port: int = 8080
+    openapi_spec: Path | None = Field(
+        None, description="OpenAPI 3 document (JSON/YAML) whose paths are the gateway's route templates.")
+    route_patterns: list[str] = Field(
+        default_factory=list, description="Route templates such as /books/{title} (after the OpenAPI paths).")
     tls_cert: Path | None = Field(
         None, description="PEM with the private key and certificate chain the gateway presents to "
                           "clients (TLS termination; HTTP/2 by ALPN); None serves plain HTTP.")

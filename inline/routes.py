@@ -17,6 +17,7 @@ import ipaddress
 import re
 
 from collections.abc import Sequence
+from pathlib import Path
 
 from mitmproxy import ctx, exceptions, http
 
@@ -24,6 +25,7 @@ from gatewatch.events import new_id
 from gatewatch.settings import load_settings
 from inline.client_identity import NO_PROXIES, TrustedProxies, resolve_client_ip
 from inline.flowstate import METADATA_KEY, FlowFacts, answered, get_facts, json_answer
+from inline.route_templates import RouteTable, load_openapi
 
 
 class BadPath(ValueError):
@@ -155,6 +157,16 @@ def route_template(path: str) -> str:
     return "/".join(ID if is_id_segment(seg) else seg for seg in path.split("/"))
 
 
+def route_for(path: str, table: RouteTable | None) -> str:
+    """The route of a normalized ``path``: the matching template of ``table`` (OpenAPI
+    document or configured patterns), else the normalizer's :func:`route_template`."""
+    if table is not None:
+        found = table.match(path)
+        if found is not None:
+            return found
+    return route_template(path)
+
+
 def build_facts(flow: http.HTTPFlow, trusted: TrustedProxies = NO_PROXIES) -> FlowFacts:
     """Fresh facts for ``flow``: a new event id, the client address (resolved
     through ``trusted`` proxies), the normalized path and route (or
@@ -165,7 +177,7 @@ def build_facts(flow: http.HTTPFlow, trusted: TrustedProxies = NO_PROXIES) -> Fl
     facts = FlowFacts(event_id=new_id(), client_ip=peer)
     try:
         facts.path = normalize_path(flow.request.path)
-        facts.route = route_template(facts.path)
+        facts.route = route_for(facts.path, _routes)
     except BadPath as exc:
         facts.bad_path = str(exc)
     return facts
@@ -174,6 +186,8 @@ def build_facts(flow: http.HTTPFlow, trusted: TrustedProxies = NO_PROXIES) -> Fl
 #: Trusted proxies in force (set by :meth:`Routes.configure`); module-level so that
 #: :func:`ensure_facts`, called by any addon, resolves the client the same way.
 _trusted: TrustedProxies = NO_PROXIES
+#: Route templates in force (OpenAPI document + configured patterns), or None.
+_routes: RouteTable | None = None
 
 
 def ensure_facts(flow: http.HTTPFlow) -> FlowFacts:
@@ -193,8 +207,10 @@ class Routes:
     ``X-Request-Id`` is replaced). ``bad_requests`` counts 400 answers.
 
     Options: ``gatewatch_trusted_proxies`` (CIDRs whose forwarded header is
-    believed) and ``gatewatch_forwarded_header`` (``x-forwarded-for`` or
-    ``forwarded``).
+    believed), ``gatewatch_forwarded_header`` (``x-forwarded-for`` or
+    ``forwarded``), ``gatewatch_openapi_spec`` (an OpenAPI 3 document whose
+    paths are the route templates) and ``gatewatch_route_patterns`` (more
+    templates); see :mod:`inline.route_templates`.
     """
 
     def __init__(self) -> None:
@@ -206,9 +222,20 @@ class Routes:
                           "Proxy networks (CIDR) whose forwarded header names the client.")
         loader.add_option("gatewatch_forwarded_header", str, s.forwarded_header,
                           "Header the trusted proxies write: x-forwarded-for or forwarded (RFC 7239).")
+        loader.add_option("gatewatch_openapi_spec", str, str(s.openapi_spec or ""),
+                          "OpenAPI 3 document (JSON or YAML) whose paths are the route templates.")
+        loader.add_option("gatewatch_route_patterns", Sequence[str], list(s.route_patterns),
+                          "Route templates such as /books/{title}, tried after the OpenAPI paths.")
 
     def configure(self, updated: set[str]) -> None:
-        global _trusted
+        global _trusted, _routes
+        if updated & {"gatewatch_openapi_spec", "gatewatch_route_patterns"}:
+            try:
+                spec = ctx.options.gatewatch_openapi_spec.strip()
+                templates = (load_openapi(Path(spec)) if spec else []) + list(ctx.options.gatewatch_route_patterns)
+                _routes = RouteTable(templates) if templates else None
+            except ValueError as exc:
+                raise exceptions.OptionsError(f"gatewatch route templates: {exc}") from exc
         if not updated & {"gatewatch_trusted_proxies", "gatewatch_forwarded_header"}:
             return
         try:
