@@ -159,6 +159,45 @@ def geo_lookup(ips: list[str] = typer.Argument(..., help="Addresses to look up."
         console.print(f"{ip}\t{db.lookup(ip)}")
 
 
+@keys_app.command("rotate")
+def keys_rotate(
+    old_id: str = typer.Argument(..., help="The key being replaced."),
+    new_id: str = typer.Option(..., help="Id of the new key."),
+    keys_file: Optional[Path] = typer.Option(None, help="Defaults to GATEWATCH_KEYS_FILE."),
+) -> None:
+    """Create a second key for OLD_ID's owner and tier (both work until `keys revoke OLD_ID`)."""
+    from gatewatch.keys import KeysFileError, add_key, read_entries
+
+    path = keys_file or load_settings().keys_file
+    try:
+        old = next((k for k in read_entries(path) if k.id == old_id and not k.revoked), None)
+        if old is None:
+            raise KeysFileError(f"{path}: no active key {old_id!r}")
+        raw = add_key(path, new_id, old.owner, old.tier, old.scopes)
+    except KeysFileError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from None
+    console.print(f"created {new_id} for {old.owner}; {old_id} stays valid until revoked. The new key (shown once):")
+    print(raw)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: str = typer.Argument(...),
+    keys_file: Optional[Path] = typer.Option(None, help="Defaults to GATEWATCH_KEYS_FILE."),
+) -> None:
+    """Revoke a key: gateways refuse it within a couple of seconds (they re-read the file)."""
+    from gatewatch.keys import KeysFileError, revoke_key
+
+    path = keys_file or load_settings().keys_file
+    try:
+        revoke_key(path, key_id)
+    except KeysFileError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from None
+    console.print(f"revoked {key_id}")
+
+
 @app.command("sample-api")
 def sample_api(port: int = typer.Option(8000), users: int = typer.Option(50)) -> None:
     """Serve the sample upstream API (login, users, orders) on 127.0.0.1:PORT."""

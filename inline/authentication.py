@@ -60,6 +60,7 @@ refetch floor, the introspection caches and ``max_in_flight``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections import Counter
@@ -184,6 +185,17 @@ def identify(presented: Sequence[str], keys: Mapping[str, ApiKey], public: bool,
     return Identity("ok", principal=key.id, scheme="ApiKey", tier=key.tier)
 
 
+#: Seconds between two checks of the keys file for changes.
+KEYS_RECHECK_S = 1.0
+
+
+def _mtime(path: Path) -> int | None:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None
+
+
 @dataclass(frozen=True)
 class AuthSpec:
     """Parsed authentication options. ``jwt``/``introspection`` are None when off."""
@@ -281,6 +293,9 @@ class Authentication:
     """
 
     def __init__(self) -> None:
+        self._keys_file: Path | None = None
+        self._keys_mtime: int | None = None
+        self._keys_checked = 0.0
         self.spec: AuthSpec | None = None
         self.jwt: JwtVerifier | None = None
         self.introspector: Introspector | None = None
@@ -366,6 +381,29 @@ class Authentication:
             self._retire(self.introspector)
             self.introspector = Introspector(introspection) if introspection is not None else None
         self.spec = spec
+        self._keys_file = Path(opts.gatewatch_keys_file)
+        self._keys_mtime = _mtime(self._keys_file)
+        self._keys_checked = time.monotonic()
+
+    def _reload_keys_if_changed(self) -> None:
+        """Re-read the keys file when it changed (checked at most every
+        :data:`KEYS_RECHECK_S`): rotations and revocations apply without a restart.
+        A broken new file keeps the keys in force (warned)."""
+        now = time.monotonic()
+        if self.spec is None or now - self._keys_checked < KEYS_RECHECK_S:
+            return
+        self._keys_checked = now
+        mtime = _mtime(self._keys_file)
+        if mtime == self._keys_mtime:
+            return
+        self._keys_mtime = mtime
+        try:
+            keys = load_keys(self._keys_file)
+        except KeysFileError as exc:
+            logger.warning("keys file changed but is not usable, keeping the keys in force: %s", exc)
+            return
+        self.spec = dataclasses.replace(self.spec, keys=keys)
+        logger.info("keys file reloaded: %d active keys", len(keys))
 
     def _spawn(self, coro) -> None:
         try:
@@ -434,6 +472,7 @@ class Authentication:
         return ident
 
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
+        self._reload_keys_if_changed()
         facts = get_facts(flow)
         if self.spec is None or facts is None or facts.bad_path is not None or answered(flow):
             return
