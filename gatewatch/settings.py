@@ -301,6 +301,10 @@ class GatewatchSettings(BaseSettings):
         None, description="OpenAPI 3 document (JSON/YAML) whose paths are the gateway's route templates.")
     route_patterns: list[str] = Field(
         default_factory=list, description="Route templates such as /books/{title} (after the OpenAPI paths).")
+    idle_timeout_s: float = Field(
+        60.0, gt=0, description="A client connection with no traffic either way for this long is closed "
+                                "(idle keep-alive, or an upstream that stopped answering: 502, counted by "
+                                "the circuit breaker). mitmproxy's own default is 600 s.")
     tls_cert: Path | None = Field(
         None, description="PEM with the private key and certificate chain the gateway presents to "
                           "clients (TLS termination; HTTP/2 by ALPN); None serves plain HTTP.")

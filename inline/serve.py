@@ -40,6 +40,7 @@ from collections.abc import Sequence
 from mitmproxy import exceptions, master, options
 from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, termlog, tlsconfig
 from mitmproxy.proxy import mode_servers
+from mitmproxy.proxy import server as proxy_server
 
 from gatewatch.settings import load_settings
 from inline.chain import Chain
@@ -84,6 +85,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="Bind with SO_REUSEPORT so several processes share the port.")
     parser.add_argument("--certs", action="append", default=[],
                         help="TLS certificate for clients, mitmproxy's '[domain=]path' form (repeatable).")
+    parser.add_argument("--idle-timeout", type=float, default=s.idle_timeout_s,
+                        help="Close connections idle this many seconds (also upstreams that hang).")
     parser.add_argument("--verbose", action="store_true", help="Log every client connection.")
     parser.add_argument("--set", dest="setoptions", action="append", default=[], metavar="option=value",
                         help="Set any option, e.g. gatewatch_ip_rate_limit=100:200.")
@@ -95,6 +98,10 @@ async def serve(args: argparse.Namespace) -> int:
     logging.getLogger().setLevel(logging.INFO)
     if args.reuse_port:
         mode_servers.AsyncioServerInstance.listen = _listen_reuse_port  # type: ignore[method-assign]
+    # mitmproxy has no option for it: its connection watchdog reads this module constant
+    # (600 s) when a connection starts. With no traffic either way for that long the
+    # connection is closed, which is also what ends a request to an upstream that hangs.
+    proxy_server.TCP_TIMEOUT = args.idle_timeout
     opts = options.Options()
     gateway = GatewayMaster(opts)
     # Reverse mode detects a TLS ClientHello and terminates TLS with --certs (HTTP/2 via ALPN).
