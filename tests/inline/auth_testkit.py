@@ -11,7 +11,6 @@ import base64
 import hashlib
 import hmac
 import json
-import os
 import subprocess
 import sys
 import time
@@ -29,8 +28,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 from gatewatch.commands import gateway_command
-from gatewatch.netutil import free_port, wait_for_port
+from gatewatch.netutil import free_port
 from gatewatch.settings import GatewatchSettings, IntrospectionSettings, JwtSettings
+from inline_testkit import gateway_env, listening_process
 
 AUDIENCE = "https://api.gatewatch.test"
 GATEWAY_CLIENT = ("gateway", "gateway-secret:with/odd chars+")   # exercises RFC 6749 §2.3.1 encoding
@@ -185,25 +185,10 @@ def auth_server(workdir: Path, *keys: SigningKey) -> Iterator[AuthServer]:
     jwks_file.write_bytes(jwks_document(*keys))
     log = workdir / "authserver.log"
     script = Path(__file__).with_name("authserver.py")
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, str(script), "--port", str(port), "--jwks-file", str(jwks_file), "--issuer", base,
-             "--client", ":".join(GATEWAY_CLIENT), "--client", ":".join(APP_CLIENT)],
-            stdout=out, stderr=subprocess.STDOUT)
-    server = AuthServer(base, jwks_file, proc)
-    try:
-        try:
-            wait_for_port("127.0.0.1", port, timeout_s=15)
-        except TimeoutError:
-            raise AssertionError(f"authserver did not start (rc={proc.poll()}):\n{log.read_text()}") from None
-        yield server
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    cmd = [sys.executable, str(script), "--port", str(port), "--jwks-file", str(jwks_file), "--issuer", base,
+           "--client", ":".join(GATEWAY_CLIENT), "--client", ":".join(APP_CLIENT)]
+    with listening_process(cmd, log, port, "authserver", timeout_s=15) as proc:
+        yield AuthServer(base, jwks_file, proc)
 
 
 @contextmanager
@@ -215,21 +200,8 @@ def logging_mitmdump(settings: GatewatchSettings, log_path: Path) -> Iterator[su
     termlog_verbosity``; ``flow_detail=0`` keeps the per-flow dump off, as
     ``--quiet`` does.
     """
-    env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
     cmd = [c for c in gateway_command(settings) if c != "--quiet"]
     cmd += ["--set", "termlog_verbosity=debug", "--set", "flow_detail=0"]
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        try:
-            wait_for_port(settings.listen_host, settings.listen_port, timeout_s=20)
-        except TimeoutError:
-            raise AssertionError(f"mitmdump did not start (rc={proc.poll()}):\n{log_path.read_text()}") from None
+    with listening_process(cmd, log_path, settings.listen_port, "mitmdump", gateway_env(settings),
+                           settings.listen_host) as proc:
         yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()

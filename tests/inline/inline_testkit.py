@@ -111,18 +111,17 @@ def upstream_server() -> Iterator[str]:
 
 
 @contextmanager
-def mitmdump(settings: GatewatchSettings, log_path: Path, *extra: str) -> Iterator[subprocess.Popen]:
-    """A real mitmdump from :func:`gatewatch.commands.gateway_command`, settings passed
-    as ``GATEWATCH_*`` env vars; waits for its port and stops it (SIGTERM) afterwards."""
-    env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}  # log lines as they happen
-    cmd = [*gateway_command(settings), *extra]
+def listening_process(cmd: list[str], log_path: Path, port: int, what: str, env: dict[str, str] | None = None,
+                      host: str = "127.0.0.1", timeout_s: float = 20) -> Iterator[subprocess.Popen]:
+    """Run ``cmd`` (output to ``log_path``) until it listens on ``host:port``; yield it, then
+    stop it (SIGTERM, SIGKILL after 15 s). Fails with its log if it does not listen in time."""
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         try:
-            wait_for_port(settings.listen_host, settings.listen_port, timeout_s=20)
+            wait_for_port(host, port, timeout_s=timeout_s)
         except TimeoutError:
-            raise AssertionError(f"mitmdump did not start (rc={proc.poll()}):\n{log_path.read_text()}")
+            raise AssertionError(f"{what} did not start (rc={proc.poll()}):\n{log_path.read_text()}") from None
         yield proc
     finally:
         proc.terminate()
@@ -131,3 +130,17 @@ def mitmdump(settings: GatewatchSettings, log_path: Path, *extra: str) -> Iterat
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def gateway_env(settings: GatewatchSettings) -> dict[str, str]:
+    """The environment a test gateway runs with: settings as ``GATEWATCH_*``, unbuffered logs."""
+    return {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
+
+
+@contextmanager
+def mitmdump(settings: GatewatchSettings, log_path: Path, *extra: str) -> Iterator[subprocess.Popen]:
+    """A real mitmdump from :func:`gatewatch.commands.gateway_command`, settings passed
+    as ``GATEWATCH_*`` env vars; waits for its port and stops it (SIGTERM) afterwards."""
+    with listening_process([*gateway_command(settings), *extra], log_path, settings.listen_port, "mitmdump",
+                           gateway_env(settings), settings.listen_host) as proc:
+        yield proc
