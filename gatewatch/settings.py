@@ -293,6 +293,12 @@ class GatewatchSettings(BaseSettings):
     # Storage: chDB directory (embedded default) unless clickhouse_url is set.
     chdb_path: Path = Path(".gatewatch/data/chdb")
     clickhouse_url: str | None = None
+    # Retention by ClickHouse TTL (storage/retention.py), applied at worker start-up.
+    requests_ttl_days: int | None = Field(
+        None, ge=1, description="Days a request row is kept (whole day partitions are dropped); "
+                                "None keeps every row. Replay and explain read these rows.")
+    rollups_ttl_days: int | None = Field(
+        None, ge=1, description="Days the per-minute rollups are kept; None keeps them.")
 
     # Gateway
     listen_host: str = "127.0.0.1"
