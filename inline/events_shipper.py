@@ -69,7 +69,7 @@ from gatewatch.settings import load_settings
 from inline import brokers
 from inline.flowstate import FlowFacts, answered, get_facts, json_answer
 from inline.routes import ensure_facts
-from inline.spool import Spool, SpoolLocked
+from gatewatch.spool import Spool, SpoolLocked
 
 logger = logging.getLogger(__name__)
 

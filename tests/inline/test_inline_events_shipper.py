@@ -315,7 +315,7 @@ def test_fail_closed_refuses_when_events_cannot_be_recorded(tmp_path):
 def test_without_a_spool_events_wait_in_memory_not_dropped(tmp_path, settings):
     """Another process owns the spool directory: the gateway runs without a spool and
     events wait in the bounded queue until the producer is up (nothing dropped)."""
-    from inline.spool import Spool
+    from gatewatch.spool import Spool
 
     owner = Spool(tmp_path / "spool", max_bytes=1000)   # stands for another gateway process
 

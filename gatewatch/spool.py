@@ -1,8 +1,9 @@
-"""On-disk spool of request events: append-only segment files with a size cap and a read cursor.
+"""On-disk spool: append-only segment files of (key, value) records with a size cap and a read cursor.
 
-Where events wait while the broker is away (and across a gateway restart),
-in the spirit of Fluent Bit's filesystem buffering and Vector's disk
-buffers. Layout of the spool directory::
+Where the gateway's request events wait while the broker is away (and across
+a gateway restart), and where the worker's store keeps batches ClickHouse
+refused until it takes them again (``streams/store_spool.py``), in the spirit
+of Fluent Bit's filesystem buffering and Vector's disk buffers. Layout of the spool directory::
 
     seg-0000000000000001.spool   oldest segment (being replayed)
     seg-0000000000000002.spool   …

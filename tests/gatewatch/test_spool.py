@@ -1,4 +1,4 @@
-"""On-disk event spool (inline/spool.py)."""
+"""On-disk spool (gatewatch/spool.py): the gateway's event spool and the worker's store spool."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from inline.spool import FRAME_OVERHEAD, Spool, SpoolLocked, encode
+from gatewatch.spool import FRAME_OVERHEAD, Spool, SpoolLocked, encode
 
 
 def records(n: int, start: int = 0) -> list[tuple[bytes, bytes]]:
