@@ -22,7 +22,7 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 SCHEMA_VERSION = 1
 
@@ -47,8 +47,23 @@ Scope = Literal["ip", "prefix", "principal", "username", "asn", "country"]
 #: stream, e.g. a spike of failed logins). Only decision scopes get decisions.
 DetectionScope = Literal["ip", "prefix", "principal", "username", "asn", "country", "route", "global"]
 
-#: What the gateway does to a request matching a decision.
-Action = Literal["ban", "throttle", "challenge"]
+#: What a decision does against the requests it matches (the only actions a detector's
+#: decision policy issues).
+BlockAction = Literal["ban", "throttle", "challenge"]
+
+#: What the gateway does to a request matching a decision: a :data:`BlockAction`, or
+#: ``allow`` — an allow entry (``gatewatch allowlist``): the request is allow-listed, so
+#: no decision blocks or throttles it and no rate limit applies, and the workers issue
+#: no decision against its value.
+Action = Literal["ban", "throttle", "challenge", "allow"]
+
+#: Scopes an allow entry may have: those the gateway knows before it rate-limits
+#: (``username`` is known only after the login body is read, so it has no allow entries).
+ALLOW_SCOPES: tuple[str, ...] = ("ip", "prefix", "principal", "asn", "country")
+
+#: Start of the Kafka key of an allow entry: ``allow:scope:value``. A ban keeps
+#: ``scope:value``, so a ban and an allow entry for the same value both exist.
+ALLOW_KEY_PREFIX = "allow:"
 
 Severity = Literal["low", "medium", "high", "critical"]
 
@@ -142,9 +157,11 @@ class Detection(_Record):
 class Decision(_Record):
     """What the gateway must do to requests matching ``scope``/``value`` until ``expires_at``.
 
-    Published to ``gatewatch.decisions`` keyed by :meth:`key` (``scope:value``);
-    a later message with the same key replaces it, a tombstone (null value)
-    or an ``expires_at`` in the past deletes it.
+    Published to ``gatewatch.decisions`` keyed by :meth:`key` (``scope:value``;
+    ``allow:scope:value`` for an allow entry, ``action="allow"``, whose scope
+    must be one of :data:`ALLOW_SCOPES`); a later message with the same key
+    replaces it, a tombstone (null value) or an ``expires_at`` in the past
+    deletes it. Raises ``ValidationError`` for an allow entry of another scope.
     """
 
     id: str = Field(default_factory=new_id)
@@ -159,8 +176,16 @@ class Decision(_Record):
     origin: Literal["detector", "cli"] = "detector"
     detection_id: str | None = None
 
+    @model_validator(mode="after")
+    def _allow_scope(self) -> Decision:
+        if self.action == "allow" and self.scope not in ALLOW_SCOPES:
+            raise ValueError(f"an allow entry's scope must be one of {', '.join(ALLOW_SCOPES)}, not {self.scope}")
+        return self
+
     def key(self) -> str:
-        """The Kafka message key: ``scope:value``."""
+        """The Kafka message key: ``scope:value``, or ``allow:scope:value`` for an allow entry."""
+        if self.action == "allow":
+            return allow_key(self.scope, self.value)
         return decision_key(self.scope, self.value)
 
     def active_at(self, now: datetime) -> bool:
@@ -177,6 +202,11 @@ class Decision(_Record):
 def decision_key(scope: str, value: str) -> str:
     """Kafka key of the decision for ``scope``/``value``: ``"scope:value"``."""
     return f"{scope}:{value}"
+
+
+def allow_key(scope: str, value: str) -> str:
+    """Kafka key of the allow entry for ``scope``/``value``: ``"allow:scope:value"``."""
+    return f"{ALLOW_KEY_PREFIX}{scope}:{value}"
 
 
 def _parse(model: type[_Record], raw: bytes | str | dict[str, Any]) -> Any:

@@ -27,7 +27,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from gatewatch.events import Action
+from gatewatch.events import BlockAction
 
 
 class LoginRoute(BaseModel):
@@ -170,7 +170,7 @@ class DetectorPolicySettings(BaseModel):
     ban_ttl_s: float = Field(600.0, gt=0)
     max_ttl_s: float = Field(86_400.0, gt=0)
     escalation_reset_s: float = Field(86_400.0, ge=0)
-    actions: dict[str, Action] = Field(default_factory=dict)
+    actions: dict[str, BlockAction] = Field(default_factory=dict)
 
 
 class CredentialStuffingSettings(DetectorPolicySettings):
@@ -199,7 +199,7 @@ class CredentialStuffingSettings(DetectorPolicySettings):
     spike_ewma_lambda: float = 0.1
     spike_username_min_failures: int = 2
     spike_username_min_ips: int = 2
-    actions: dict[str, Action] = Field(default_factory=lambda: {
+    actions: dict[str, BlockAction] = Field(default_factory=lambda: {
         "ip": "ban", "prefix": "ban", "asn": "throttle", "username": "throttle"})
 
 
@@ -215,7 +215,7 @@ class BolaSettings(DetectorPolicySettings):
     sequential_max_step: int = 2
     known_ids_max: int = 10_000
     state_ttl_s: float = 3_600.0
-    actions: dict[str, Action] = Field(default_factory=lambda: {"principal": "ban", "ip": "ban"})
+    actions: dict[str, BlockAction] = Field(default_factory=lambda: {"principal": "ban", "ip": "ban"})
 
 
 class GeoAnomalySettings(DetectorPolicySettings):
