@@ -73,15 +73,19 @@ def applied_versions(client: Client) -> set[int]:
     return {row[0] for row in client.query("SELECT DISTINCT version FROM schema_migrations").result_rows}
 
 
-def migrate(client: Client) -> list[str]:
-    """Apply the migrations not yet recorded, in order; return their names (``NNN_name``).
+def migrate(client: Client, target: int | None = None) -> list[str]:
+    """Apply the migrations not yet recorded, in order, up to version ``target``
+    (default: all); return their names (``NNN_name``).
 
-    Safe to call at every start-up; a second call returns ``[]``.
+    Safe to call at every start-up; a second call returns ``[]``. Apply them
+    from one process at a time: a migration that copies existing rows (the
+    rollups' back-fill) would copy them twice if two processes ran it at once
+    (the production stack runs ``gatewatch store migrate`` once, before the workers).
     """
     done = applied_versions(client)
     applied: list[str] = []
     for migration in load_migrations():
-        if migration.version in done:
+        if migration.version in done or (target is not None and migration.version > target):
             continue
         for statement in migration.statements:
             client.command(statement)

@@ -24,6 +24,7 @@ from gatewatch.settings import GatewatchSettings
 from storage.client import describe, get_client
 from storage.migrations import migrate
 from storage.queries import run_query
+from storage.retention import apply_retention
 from storage.writer import WriteResult, write_decisions, write_detections, write_requests
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,8 @@ class Store:
         return self._client
 
     async def open(self) -> None:
-        """Open the engine, apply migrations, warm it with a first query. Idempotent."""
+        """Open the engine, apply migrations and the retention settings
+        (:mod:`storage.retention`), warm it with a first query. Idempotent."""
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gatewatch-store")
         if self._client is None:
@@ -78,6 +80,8 @@ class Store:
     def _open_sync(self) -> tuple[Client, list[str]]:
         client = get_client(self.settings)
         applied = migrate(client)
+        for change in apply_retention(client, self.settings):
+            log.info("retention: %s", change)
         run_query(client, "table_counts")  # warm-up: first query pays the engine's start costs
         return client, applied
 
