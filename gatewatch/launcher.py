@@ -80,11 +80,15 @@ class Stack:
     through ``SO_REUSEPORT`` and each has its own metrics port and event spool.
     Several processes share rate-limit state in Redis: the configured
     ``rate_limit_redis_url``, or a ``redis-server`` started here.
+
+    ``sample_api_args`` are further command-line options of the sample API
+    (see :mod:`gatewatch.sample_api`, e.g. ``["--users", "400"]``).
     """
 
     settings: GatewatchSettings
     run_dir: Path
     sample_api: bool = False
+    sample_api_args: list[str] = field(default_factory=list)
     gateway_workers: int = 1
     parts: list[Part] = field(default_factory=list)
     metrics_urls: list[str] = field(default_factory=list)
@@ -165,7 +169,8 @@ class Stack:
             if self.sample_api:
                 api_port = free_port()
                 part = self._spawn("sample-api", [sys.executable, "-m", "gatewatch.sample_api",
-                                                  "--port", str(api_port)], f"http://{host}:{api_port}")
+                                                  "--port", str(api_port), *self.sample_api_args],
+                                   f"http://{host}:{api_port}")
                 self._wait_port(part, host, api_port, timeout_s)
                 self.settings = self.settings.model_copy(update={"upstream": part.address})
 
