@@ -234,6 +234,22 @@ class GeoAnomalySettings(DetectorPolicySettings):
     state_ttl_s: float = 30 * 86400.0
 
 
+class BehaviourSettings(DetectorPolicySettings):
+    """The behaviour-outlier model (detectors/behaviour.py): the model file written by
+    ``gatewatch train`` and read by the worker (none there: the agent does nothing),
+    the score threshold (0..1, Isolation Forest score of Liu et al. 2008), how long
+    after a 300 s window's end it closes (``allowed_lateness_s``) and how long an idle
+    principal's history is kept (``state_ttl_s``). Shadow by default: detections are
+    recorded, no decision is issued until a team turns ``shadow`` off."""
+
+    shadow: bool = True
+    model_path: Path = Path(".gatewatch/models/behaviour.skops")
+    threshold: float = Field(0.68, gt=0, le=1)
+    allowed_lateness_s: float = Field(5.0, ge=0)
+    state_ttl_s: float = Field(7 * 86_400.0, gt=0)
+    actions: dict[str, BlockAction] = Field(default_factory=lambda: {"principal": "throttle"})
+
+
 class AlertingSettings(BaseModel):
     """Where detections and decisions are sent as alerts (streams/alertmanager.py):
     an Alertmanager (``alertmanager_url``, API v2) or a generic ``webhook_url``;
@@ -395,6 +411,7 @@ class GatewatchSettings(BaseSettings):
     bola: BolaSettings = BolaSettings()
     latency: LatencySettings = LatencySettings()
     geo_anomaly: GeoAnomalySettings = GeoAnomalySettings()
+    behaviour: BehaviourSettings = BehaviourSettings()
     alerting: AlertingSettings = AlertingSettings()
     # Detector agents: batch size and wait (s); short, since the decision path waits on it.
     detector_batch_size: int = 1000
