@@ -130,9 +130,10 @@ class DecisionPolicy:
 
     @classmethod
     def from_settings(cls, settings: GatewatchSettings) -> DecisionPolicy:
-        """The policy of the worker: credential stuffing, BOLA, latency and geo settings."""
+        """The policy of the worker: credential stuffing, BOLA, latency, geo and behaviour settings."""
         return cls({"credential_stuffing": settings.credential_stuffing, "bola": settings.bola,
-                    "latency_regression": settings.latency, "geo": settings.geo_anomaly})
+                    "latency_regression": settings.latency, "geo": settings.geo_anomaly,
+                    "behaviour": settings.behaviour})
 
     @property
     def active_decisions(self) -> int:
