@@ -258,6 +258,25 @@ QUERIES: dict[str, NamedQuery] = {
             LIMIT {limit:UInt32}
         """,
     ),
+    "principal_requests_between": NamedQuery(
+        columns=("event_id", "ts", "client_ip", "method", "host", "path", "route", "status", "latency_ms",
+                 "bytes_in", "bytes_out", "principal", "auth", "answered_by", "user_agent", "login",
+                 "username_hash", "decision_id", "asn", "country"),
+        description=("Upstream answers to authenticated principals with since <= ts < until, in event-time "
+                     "order, with the RequestEvent fields (for `gatewatch train`: the behaviour model's input)."),
+        params={"since": _SINCE, "until": _UNTIL, "limit": Param(_rows, default=1_000_000,
+                                                                   help="rows at most (default 1e6)")},
+        sql="""
+            SELECT event_id, ts, client_ip, method, host, path, route, status, latency_ms,
+                   bytes_in, bytes_out, principal, auth, answered_by, user_agent, login,
+                   username_hash, decision_id, asn, country
+            FROM requests FINAL
+            WHERE ts >= {since:DateTime64(3, 'UTC')} AND ts < {until:DateTime64(3, 'UTC')}
+              AND answered_by = 'upstream' AND principal != ''
+            ORDER BY ts, event_id
+            LIMIT {limit:UInt32}
+        """,
+    ),
     "decisions_between": NamedQuery(
         columns=("id", "created_at", "expires_at", "scope", "value", "action", "reason", "detector",
                  "origin", "detection_id", "evidence"),

@@ -35,11 +35,11 @@ def _rows(result: dict) -> list[dict]:
 
 @pytest.fixture
 def scenario(store):
-    """An attacker blocked after 10 requests, two benign clients (one IPv6), one redelivered batch."""
+    """An attacker blocked after 10 requests, two benign clients (one IPv6 with an API key), one redelivered batch."""
     events = [_event(i, ATTACKER, country="RU", asn=64500) for i in range(10)]
     events += [_event(i, ATTACKER, "decision", decision_id="dec1") for i in range(10, 14)]
     events += [_event(100 + i, "198.51.100.20") for i in range(3)]
-    events += [_event(200, "2001:db8::5", login=None)]
+    events += [_event(200, "2001:db8::5", login=None, principal="key-v6", auth="ok")]
     assert write_requests(store, events).inserted == len(events)
     assert write_requests(store, events[:5]).inserted == 5  # redelivery: physical duplicates
     detection = Detection(ts=T0 + timedelta(seconds=9), detector="credential_stuffing", scope="ip",
