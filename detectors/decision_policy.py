@@ -12,6 +12,11 @@ the decision's times come from the detection, its id from the detection id.
   ``throttle`` or ``challenge``; a scope not listed gets no decision (alert
   only — ``route`` and ``global`` detections, the latency detector);
 * **shadow mode**: ``shadow=True`` records the detection, issues nothing;
+* **allow entries win**: a detection whose value an active allow entry
+  covers (``gatewatch allowlist``; the entries are passed in, see
+  :meth:`DecisionPolicy.decide`) gets no decision — outcome ``allow_listed``,
+  with the entry's id in ``evidence["allow_entry"]`` — and counts as no
+  offence (DESIGN.md: "Allow-lists always win over decisions");
 * **one active decision per scope and value**: while a decision for
   ``scope:value`` is active, a new detection for it yields no decision unless
   its action is stronger (``challenge`` < ``throttle`` < ``ban``), which then
@@ -25,8 +30,8 @@ the decision's times come from the detection, its id from the detection id.
 
 Every result says what happened (``outcome``) and the detection is returned
 with ``evidence["policy"]`` set to it, so a stored detection tells whether it
-blocked anyone. The allow-list is the gateway's (it always wins); the policy
-does not know it.
+blocked anyone. The gateway's static allow-list (``settings.allow_list``) is not
+known here; the gateway lets its clients through whatever is decided.
 
 State: the active decisions and the offence history, both evicted once they
 can no longer matter; picklable. With several workers each holds the state
@@ -56,6 +61,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
+from gatewatch.decision_store import DecisionStore
 from gatewatch.events import Action, Decision, Detection
 from gatewatch.settings import DetectorPolicySettings, GatewatchSettings
 
@@ -64,7 +70,7 @@ _ID_NAMESPACE = uuid.UUID("0b8f7e55-2c1d-4f4e-8a9b-5d2e7c3a1f10")
 #: Strength of each action: a stronger one replaces an active weaker one.
 ACTION_RANK: dict[str, int] = {"challenge": 1, "throttle": 2, "ban": 3}
 
-Outcome = Literal["decision", "shadow", "duplicate", "alert_only"]
+Outcome = Literal["decision", "shadow", "duplicate", "alert_only", "allow_listed"]
 
 
 def decide(detection: Detection, ban_ttl_s: float, action: Action = "ban") -> Decision:
@@ -139,8 +145,14 @@ class DecisionPolicy:
     def active_decisions(self) -> int:
         return len(self._active)
 
-    def decide(self, detection: Detection) -> PolicyResult:
-        """Decide on one detection; ``detection.ts`` is the clock."""
+    def decide(self, detection: Detection, allowed: DecisionStore | None = None) -> PolicyResult:
+        """Decide on one detection; ``detection.ts`` is the clock.
+
+        ``allowed``: the active allow entries (a :class:`~gatewatch.decision_store.DecisionStore`
+        built with ``allow=True``, read from the decisions topic by the caller); a detection
+        they cover (:meth:`~gatewatch.decision_store.DecisionStore.covering` at ``detection.ts``)
+        gets no decision (outcome ``allow_listed``). None: no allow entries.
+        """
         now = detection.ts
         self._evict(now)
         cfg = self.detectors.get(detection.detector)
@@ -149,6 +161,9 @@ class DecisionPolicy:
             return self._result(detection, None, "alert_only")
         if cfg.shadow:
             return self._result(detection, None, "shadow")
+        entry = allowed.covering(detection.scope, detection.value, now.timestamp()) if allowed else None
+        if entry is not None:
+            return self._result(detection, None, "allow_listed", allow_entry=entry.id)
         key = f"{detection.scope}:{detection.value}"
         active = self._active.get(key)
         if active is not None and active[0] > now and ACTION_RANK[active[1]] >= ACTION_RANK[action]:
@@ -170,8 +185,9 @@ class DecisionPolicy:
         return self._result(detection, decision, "decision")
 
     @staticmethod
-    def _result(detection: Detection, decision: Decision | None, outcome: Outcome) -> PolicyResult:
-        annotated = detection.model_copy(update={"evidence": detection.evidence | {"policy": outcome}})
+    def _result(detection: Detection, decision: Decision | None, outcome: Outcome,
+                **extra: str) -> PolicyResult:
+        annotated = detection.model_copy(update={"evidence": detection.evidence | {"policy": outcome} | extra})
         return PolicyResult(annotated, decision, outcome)
 
     def _evict(self, now: datetime) -> None:

@@ -5,7 +5,8 @@ Off unless ``settings.alerting`` names a receiver. Detections below
 the decision expires; a tombstone (the decision deleted) resolves it at
 once, using the last alert this worker sent for that ``scope:value``. Only
 decision messages whose signature verifies (:mod:`gatewatch.signing`) alert
-or resolve; the sink counts the others.
+or resolve; the sink counts the others. Allow entries (``gatewatch allowlist``)
+block no one and raise no alert.
 Delivery failures are retried, then counted (``alerts_failed``): alerting
 never holds up detection or storage. See :mod:`streams.alertmanager`.
 """
@@ -74,6 +75,8 @@ if enabled:
                 decision = parse_decision(value)
             except MalformedRecord:
                 continue  # counted by the sink
+            if decision.action == "allow":
+                continue
             alert = decision_alert(decision)
             _last_decision_alert[decision.key()] = alert
             await _send([alert])

@@ -10,6 +10,11 @@ partitions carry: exact for one worker; with several, a ``scope:value`` found
 by two workers (the same IP banned by credential stuffing on one and by BOLA
 for an anonymous caller on another) can get a decision from each, and its
 escalation history is split. The gateway keeps one decision per key either way.
+
+Allow entries (``gatewatch allowlist``) are not split: every worker follows all of
+them (:mod:`streams.allow_entries`) and the policy issues no decision against a
+value they cover; the detection is still sent, with ``evidence["policy"] =
+"allow_listed"`` (counted as ``decisions_skipped_allow_listed``).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import TypeVar
 from detectors.decision_policy import DecisionPolicy
 from gatewatch.events import Detection, decision_key
 from streams import counters
+from streams.allow_entries import allow_list
 from streams.app import settings
 from streams.topics import decision_signer, decisions_topic, detections_topic
 
@@ -33,7 +39,7 @@ policy = DecisionPolicy.from_settings(settings)
 async def publish(detections: Iterable[Detection]) -> None:
     """Decide on each detection and send it (and its decision) on."""
     for found in detections:
-        result = policy.decide(found)
+        result = policy.decide(found, allow_list)
         detection = result.detection
         await detections_topic.send(key=decision_key(detection.scope, detection.value).encode(),
                                     value=detection.to_json())

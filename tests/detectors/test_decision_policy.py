@@ -1,5 +1,5 @@
 """The decision step: :func:`decide` (one detection, one decision) and the stateful
-:class:`DecisionPolicy` (actions per scope, shadow mode, no duplicates, escalation)."""
+:class:`DecisionPolicy` (actions per scope, shadow mode, allow entries, no duplicates, escalation)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from detectors.decision_policy import DecisionPolicy, decide
-from gatewatch.events import Detection, parse_decision
+from gatewatch.decision_store import DecisionStore
+from gatewatch.events import Decision, Detection, parse_decision
 from gatewatch.settings import DetectorPolicySettings, load_settings
 
 T0 = datetime(2025, 3, 1, 12, tzinfo=timezone.utc)
@@ -136,3 +137,39 @@ def test_policy_state_pickles_and_is_bounded() -> None:
 def test_rejects_a_cap_below_the_ttl() -> None:
     with pytest.raises(ValueError):
         DecisionPolicy({"x": DetectorPolicySettings(ban_ttl_s=600, max_ttl_s=60)})
+
+
+def _allowed(*entries: tuple[str, str, float]) -> DecisionStore:
+    """Allow entries ``(scope, value, ttl_s)`` created at T0, as the worker keeps them."""
+    store = DecisionStore(allow=True)
+    for scope, value, ttl_s in entries:
+        entry = Decision(scope=scope, value=value, action="allow", created_at=T0,
+                         expires_at=T0 + timedelta(seconds=ttl_s), detector="manual", origin="cli")
+        store.apply(entry.key().encode(), entry.to_json(), T0.timestamp())
+    return store
+
+
+def test_allow_listed_values_get_no_decision_and_no_offence() -> None:
+    """An allow entry wins: the detection is kept with evidence policy=allow_listed and the
+    entry's id; once the entry is gone the value is a first offender (no escalation)."""
+    policy = _policy()
+    allowed = _allowed(("prefix", "203.0.113.0/24", 60), ("principal", "partner", 3600))
+    entry_id = allowed.lookup("prefix", "203.0.113.0/24", T0.timestamp()).id
+    result = policy.decide(_det(1, T0), allowed)
+    assert (result.outcome, result.decision) == ("allow_listed", None)
+    assert result.detection.evidence == {"failures": 10, "policy": "allow_listed", "allow_entry": entry_id}
+    assert policy.decide(_det(2, T0, "principal", "partner"), allowed).outcome == "allow_listed"
+    assert policy.decide(_det(5, T0, "principal", "someone"), allowed).decision.action == "challenge"
+    other = policy.decide(_det(3, T0, value="198.51.100.1"), allowed)          # not covered
+    assert other.outcome == "decision"
+    # The /24 entry expires after 60 s (detection time is the clock): then a first-offence ban.
+    later = policy.decide(_det(4, T0 + timedelta(seconds=60)), allowed)
+    assert later.outcome == "decision" and later.decision.ttl_s == 600
+    assert later.decision.evidence["escalation"]["offence"] == 1
+
+
+def test_shadow_and_alert_only_come_before_the_allow_list() -> None:
+    allowed = _allowed(("ip", "203.0.113.7", 600))
+    assert _policy(shadow=True).decide(_det(1, T0), allowed).outcome == "shadow"
+    assert _policy().decide(_det(2, T0, "global", "x"), allowed).outcome == "alert_only"
+    assert _policy().decide(_det(3, T0), None).outcome == "decision"        # no entries passed in

@@ -15,7 +15,8 @@ from gatewatch.events import Decision, MalformedRecord
 from gatewatch.settings import load_settings
 from gatewatch.signing import DecisionSigner
 from inline import flowtags
-from inline.enforcement import DecisionStore, Enforcement, canonical_value, load_geo_lookup
+from gatewatch.decision_store import DecisionStore, canonical_value
+from inline.enforcement import Enforcement, load_geo_lookup
 from inline.flowstate import get_facts
 from inline.lists import Lists
 from inline.login import Login, username_hash
