@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from grafana_foundation_sdk.builders import common as cb
 from grafana_foundation_sdk.builders import dashboard as db
@@ -25,6 +26,7 @@ from dashboards import panels
 from dashboards.clickhouse import Format, SqlTarget, datasource_ref
 
 Panel = cogbuilder.Builder[dashboard.Panel]
+P = TypeVar("P", ts_b.Panel, table_b.Panel, stat_b.Panel)
 
 #: Grafana's built-in gazetteer of countries, keyed by ISO 3166-1 alpha-2 code.
 COUNTRIES_GAZETTEER = "public/gazetteer/countries.json"
@@ -43,6 +45,12 @@ def _describe(name: str, description: str | None) -> str:
     return description if description is not None else panels.get(name).description
 
 
+def _interval(panel: P, name: str) -> P:
+    """The query's smallest bucket as the panel's min interval (rollup queries: 1m)."""
+    minimum = panels.get(name).min_interval
+    return panel.interval(minimum) if minimum else panel  # type: ignore[attr-defined]
+
+
 def timeseries(name: str, title: str, *, unit: str = "short", stacked: bool = False,
                bars: bool = False, width: int = 12, height: int = 8,
                description: str | None = None) -> ts_b.Panel:
@@ -59,7 +67,7 @@ def timeseries(name: str, title: str, *, unit: str = "short", stacked: bool = Fa
         panel = panel.draw_style(common.GraphDrawStyle.BARS).fill_opacity(80)
     if stacked:
         panel = panel.stacking(cb.StackingConfig().mode(common.StackingMode.NORMAL).group("A"))
-    return panel
+    return _interval(panel, name)
 
 
 def table(name: str, title: str, *, width: int = 12, height: int = 8, unit: str | None = None,
@@ -71,18 +79,19 @@ def table(name: str, title: str, *, width: int = 12, height: int = 8, unit: str 
              .footer(cb.TableFooterOptions().show(False).reducer(["sum"]).count_rows(False)))
     if unit:
         panel = panel.unit(unit)
-    return panel
+    return _interval(panel, name)
 
 
 def stat(name: str, title: str, *, width: int = 24, height: int = 4, unit: str = "short",
          description: str | None = None) -> stat_b.Panel:
     """A stat panel showing every numeric column of the one-row query ``name``."""
-    return (stat_b.Panel().title(title).description(_describe(name, description))
-            .datasource(datasource_ref()).with_target(target(name, want=Format.TABLE))
-            .span(width).height(height).unit(unit)
-            .graph_mode(common.BigValueGraphMode.NONE).color_mode(common.BigValueColorMode.VALUE)
-            .text_mode(common.BigValueTextMode.VALUE_AND_NAME)
-            .reduce_options(cb.ReduceDataOptions().calcs(["lastNotNull"]).values(False).fields("/.*/")))
+    return _interval(
+        stat_b.Panel().title(title).description(_describe(name, description))
+        .datasource(datasource_ref()).with_target(target(name, want=Format.TABLE))
+        .span(width).height(height).unit(unit)
+        .graph_mode(common.BigValueGraphMode.NONE).color_mode(common.BigValueColorMode.VALUE)
+        .text_mode(common.BigValueTextMode.VALUE_AND_NAME)
+        .reduce_options(cb.ReduceDataOptions().calcs(["lastNotNull"]).values(False).fields("/.*/")), name)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,15 @@ Conventions:
 * Tables are read with ``FINAL``: the tables are ReplacingMergeTree and the sink
   is at-least-once, so a redelivered row must not count twice (see
   ``storage/migrations``).
+* Trend panels (rates, status mix, p95 per route, latency baselines) read the
+  per-minute rollups ``requests_per_minute`` / ``detections_per_minute``
+  (migrations 005, 006) instead of every request: cheap over days, but a
+  request batch redelivered after a worker crash counts twice there (a
+  materialized view sees every insert). Exact figures (totals, top offenders,
+  alert rules) stay on ``requests FINAL``. Rollup queries declare
+  ``min_interval="1m"``: Grafana never asks them for finer buckets than the
+  rollup holds. :data:`ROLLUP_RANGE` selects the minutes of the range
+  (the minute the range starts in included).
 * Time series return ``time`` first, sorted by time, in long format (label
   columns, then values); the plugin turns long frames into one series per label.
 * ``client_ip`` is IPv6 with IPv4 stored IPv4-mapped: :data:`IP_TEXT` shows
@@ -63,6 +72,8 @@ class PanelQuery:
     sql: str
     columns: tuple[Col, ...]
     description: str = ""
+    #: Smallest bucket Grafana may ask for (the panel's "min interval"), e.g. ``"1m"``.
+    min_interval: str | None = None
 
     def __post_init__(self) -> None:
         # Stored dedented, so the SQL reads the same in the JSON as in this file.
@@ -84,7 +95,10 @@ SUSPICIOUS = "(status IN (401, 403, 429) OR login = 'failure')"
 
 # The latest decision per scope:value and whether it is in force at the end of the
 # dashboard's range. A later decision for the same key replaces the earlier one
-# (decision protocol); deletions (tombstones) are not stored in ClickHouse.
+# (decision protocol). The sink does not store tombstones: `gatewatch decisions delete`
+# also publishes a deletion record (gatewatch.decision_feed.lift), a decision whose
+# expires_at equals its created_at, so a deleted decision's key ends with a row that is
+# never in force.
 _LATEST_DECISIONS = """
         SELECT id, scope, value, action, detector, reason, origin, created_at, expires_at
         FROM decisions FINAL
@@ -93,6 +107,11 @@ _LATEST_DECISIONS = """
         LIMIT 1 BY scope, value"""
 
 _TS, _TABLE = Format.TIME_SERIES, Format.TABLE
+#: The rollups' minutes in the dashboard's range.
+ROLLUP_RANGE = "minute >= toStartOfMinute($__fromTime) AND minute <= $__toTime"
+#: p95 (ms) of a rollup group: the third of the levels the rollup's quantile state is built with.
+ROLLUP_P95 = "quantilesMerge(0.5, 0.9, 0.95, 0.99)(latency_ms)[3]"
+_MINUTE = "1m"
 
 _QUERIES: list[PanelQuery] = [
     # ---------------------------------------------------------------- Overview
@@ -111,59 +130,66 @@ _QUERIES: list[PanelQuery] = [
         """),
     PanelQuery(
         "overview_traffic", _TS, description="Requests per second by who answered them.",
-        columns=_cols("time:time answered_by:label requests_per_s:value"),
-        sql="""
-        SELECT $__timeInterval(ts) AS time, answered_by, count() / $__interval_s AS requests_per_s
-        FROM requests FINAL
-        WHERE $__timeFilter(ts)
+        columns=_cols("time:time answered_by:label requests_per_s:value"), min_interval=_MINUTE,
+        sql=f"""
+        SELECT $__timeInterval(minute) AS time, answered_by, sum(requests) / $__interval_s AS requests_per_s
+        FROM requests_per_minute
+        WHERE {ROLLUP_RANGE}
         GROUP BY time, answered_by
         ORDER BY time, answered_by
         """),
     PanelQuery(
         "overview_status_mix", _TS, description="Requests per status class (2xx, 4xx, ...).",
-        columns=_cols("time:time status_class:label requests:value"),
-        sql="""
-        SELECT $__timeInterval(ts) AS time, concat(toString(intDiv(status, 100)), 'xx') AS status_class,
-               count() AS requests
-        FROM requests FINAL
-        WHERE $__timeFilter(ts)
-        GROUP BY time, status_class
+        columns=_cols("time:time status_class:label requests:value"), min_interval=_MINUTE,
+        sql=f"""
+        SELECT time, status_class, requests
+        FROM (
+            SELECT $__timeInterval(minute) AS time,
+                   arrayJoin([('1xx', sum(status_1xx)), ('2xx', sum(status_2xx)), ('3xx', sum(status_3xx)),
+                              ('4xx', sum(status_4xx)), ('5xx', sum(status_5xx))]) AS class_count,
+                   class_count.1 AS status_class, class_count.2 AS requests
+            FROM requests_per_minute
+            WHERE {ROLLUP_RANGE}
+            GROUP BY time
+        )
+        WHERE requests > 0
         ORDER BY time, status_class
         """),
     PanelQuery(
         "overview_denials", _TS, description="401, 403 and 429 answers over time.",
         columns=_cols("time:time unauthorized_401:value forbidden_403:value too_many_429:value"),
-        sql="""
-        SELECT $__timeInterval(ts) AS time,
-               countIf(status = 401) AS unauthorized_401,
-               countIf(status = 403) AS forbidden_403,
-               countIf(status = 429) AS too_many_429
-        FROM requests FINAL
-        WHERE $__timeFilter(ts)
+        min_interval=_MINUTE,
+        sql=f"""
+        SELECT $__timeInterval(minute) AS time,
+               sum(status_401) AS unauthorized_401,
+               sum(status_403) AS forbidden_403,
+               sum(status_429) AS too_many_429
+        FROM requests_per_minute
+        WHERE {ROLLUP_RANGE}
         GROUP BY time
         ORDER BY time
         """),
     PanelQuery(
         "overview_p95_by_route", _TS, description="p95 upstream latency per route (ms).",
-        columns=_cols("time:time series:label p95_ms:value"),
-        sql="""
-        SELECT $__timeInterval(ts) AS time, concat(method, ' ', route) AS series,
-               quantile(0.95)(latency_ms) AS p95_ms
-        FROM requests FINAL
-        WHERE $__timeFilter(ts) AND answered_by = 'upstream'
+        columns=_cols("time:time series:label p95_ms:value"), min_interval=_MINUTE,
+        sql=f"""
+        SELECT $__timeInterval(minute) AS time, concat(method, ' ', route) AS series,
+               {ROLLUP_P95} AS p95_ms
+        FROM requests_per_minute
+        WHERE {ROLLUP_RANGE} AND answered_by = 'upstream'
         GROUP BY time, series
         ORDER BY time, series
         """),
     PanelQuery(
         "overview_routes", _TABLE, description="Busiest routes: volume, refusals, errors, p95.",
         columns=_cols("series:label requests:value denied:value server_errors:value p95_ms:value"),
-        sql="""
-        SELECT concat(method, ' ', route) AS series, count() AS requests,
-               countIf(status IN (401, 403, 429)) AS denied,
-               countIf(status >= 500) AS server_errors,
-               quantileIf(0.95)(latency_ms, answered_by = 'upstream') AS p95_ms
-        FROM requests FINAL
-        WHERE $__timeFilter(ts)
+        sql=f"""
+        SELECT concat(method, ' ', route) AS series, sum(requests) AS requests,
+               sum(status_401) + sum(status_403) + sum(status_429) AS denied,
+               sum(status_5xx) AS server_errors,
+               quantilesMergeIf(0.5, 0.9, 0.95, 0.99)(latency_ms, answered_by = 'upstream')[3] AS p95_ms
+        FROM requests_per_minute
+        WHERE {ROLLUP_RANGE}
         GROUP BY series
         ORDER BY requests DESC, series
         LIMIT 20
@@ -182,11 +208,12 @@ _QUERIES: list[PanelQuery] = [
         """),
     PanelQuery(
         "abuse_detections_by_detector", _TS, description="Detections over time per detector.",
-        columns=_cols("time:time detector:label detections:value"),
-        sql="""
-        SELECT $__timeInterval(ts) AS time, detector, uniqExact(detection_id) AS detections
-        FROM detections FINAL
-        WHERE $__timeFilter(ts)
+        columns=_cols("time:time detector:label detections:value"), min_interval=_MINUTE,
+        # Exact despite redelivery: the rollup keeps uniqExact states of detection ids.
+        sql=f"""
+        SELECT $__timeInterval(minute) AS time, detector, uniqExactMerge(detections) AS detections
+        FROM detections_per_minute
+        WHERE {ROLLUP_RANGE}
         GROUP BY time, detector
         ORDER BY time, detector
         """),
@@ -318,18 +345,18 @@ _QUERIES: list[PanelQuery] = [
     PanelQuery(
         "latency_series", _TABLE, description="Template variable: routes answered by the upstream.",
         columns=_cols("series:label"),
-        sql="""
+        sql=f"""
         SELECT DISTINCT concat(method, ' ', route) AS series
-        FROM requests
-        WHERE $__timeFilter(ts) AND answered_by = 'upstream'
+        FROM requests_per_minute
+        WHERE {ROLLUP_RANGE} AND answered_by = 'upstream'
         ORDER BY series
         """),
     PanelQuery(
         "latency_p95_vs_baseline", _TS,
         description=("p95 per interval against its baseline: the median of the route's interval "
                      "p95s over the trailing hour (a regression must last ~30 min to become normal)."),
-        columns=_cols("time:time series:label p95_ms:value baseline_p95_ms:value"),
-        sql="""
+        columns=_cols("time:time series:label p95_ms:value baseline_p95_ms:value"), min_interval=_MINUTE,
+        sql=f"""
         SELECT time, series, p95_ms, if(isFinite(baseline), baseline, NULL) AS baseline_p95_ms
         FROM (
             SELECT time, series, p95_ms,
@@ -337,12 +364,12 @@ _QUERIES: list[PanelQuery] = [
                        PARTITION BY series ORDER BY toUInt32(time)
                        RANGE BETWEEN 3600 PRECEDING AND 1 PRECEDING) AS baseline
             FROM (
-                SELECT $__timeInterval(ts) AS time, concat(method, ' ', route) AS series,
-                       quantile(0.95)(latency_ms) AS p95_ms
-                FROM requests FINAL
-                WHERE ts >= $__fromTime - INTERVAL 1 HOUR AND ts <= $__toTime
+                SELECT $__timeInterval(minute) AS time, concat(method, ' ', route) AS series,
+                       {ROLLUP_P95} AS p95_ms
+                FROM requests_per_minute
+                WHERE minute >= toStartOfMinute($__fromTime - INTERVAL 1 HOUR) AND minute <= $__toTime
                   AND answered_by = 'upstream'
-                  AND concat(method, ' ', route) IN (${series:singlequote})
+                  AND concat(method, ' ', route) IN (${{series:singlequote}})
                 GROUP BY time, series
             )
         )
@@ -354,14 +381,15 @@ _QUERIES: list[PanelQuery] = [
         description="p95 per route in the range against the same length of time just before it.",
         columns=_cols("series:label requests:value p95_ms:value previous_p95_ms:value ratio:value"),
         sql="""
-        WITH $__fromTime AS t0, $__toTime AS t1, t0 - toIntervalSecond(dateDiff('second', t0, t1)) AS t_prev
+        WITH toStartOfMinute($__fromTime) AS t0, $__toTime AS t1,
+             t0 - toIntervalSecond(dateDiff('second', t0, t1)) AS t_prev
         SELECT concat(method, ' ', route) AS series,
-               countIf(ts >= t0) AS requests,
-               quantileIf(0.95)(latency_ms, ts >= t0) AS p95_ms,
-               quantileIf(0.95)(latency_ms, ts < t0) AS previous_p95_ms,
+               sumIf(requests, minute >= t0) AS requests,
+               quantilesMergeIf(0.5, 0.9, 0.95, 0.99)(latency_ms, minute >= t0)[3] AS p95_ms,
+               quantilesMergeIf(0.5, 0.9, 0.95, 0.99)(latency_ms, minute < t0)[3] AS previous_p95_ms,
                if(previous_p95_ms > 0, round(p95_ms / previous_p95_ms, 2), NULL) AS ratio
-        FROM requests FINAL
-        WHERE ts >= t_prev AND ts <= t1 AND answered_by = 'upstream'
+        FROM requests_per_minute
+        WHERE minute >= t_prev AND minute <= t1 AND answered_by = 'upstream'
         GROUP BY series
         HAVING requests > 0
         ORDER BY ratio DESC, series

@@ -1,7 +1,9 @@
 """``gatewatch decisions list|add|delete``: manual decisions through the decisions topic.
 
 A decision added here is enforced by every gateway exactly like a detector's
-(the gateway follows the topic); ``delete`` publishes a tombstone.
+(the gateway follows the topic); ``delete`` publishes a deletion record (a
+decision with no lifetime, stored like any decision, so the dashboards and
+``gatewatch explain`` see the deletion) and a tombstone.
 """
 
 from __future__ import annotations
@@ -87,16 +89,25 @@ def delete(
     scope: Optional[str] = typer.Option(None), value: Optional[str] = typer.Option(None),
     decision_id: Optional[str] = typer.Option(None, "--id", help="Delete the decision with this id."),
 ) -> None:
-    """Lift a decision (by --scope/--value or by --id) with a tombstone on the topic."""
+    """Lift a decision (by --scope/--value or by --id): a deletion record, then a tombstone."""
     settings = load_settings()
-    if decision_id:
-        found = decision_feed.read_decisions(settings).by_id(decision_id)
-        if found is None:
-            console.print(f"[red]no decision with id {decision_id}[/]")
-            raise typer.Exit(1)
-        scope, value = found.scope, found.value
-    if not scope or not value:
-        console.print("[red]give --scope and --value, or --id[/]")
-        raise typer.Exit(2)
-    decision_feed.delete(settings, scope, value)
-    console.print(f"deleted {scope}:{value}")
+    found = None
+    try:
+        if decision_id:
+            found = decision_feed.read_decisions(settings).by_id(decision_id)
+            if found is None:
+                console.print(f"[red]no decision with id {decision_id}[/]")
+                raise typer.Exit(1)
+            scope, value = found.scope, found.value
+        if not scope or not value:
+            console.print("[red]give --scope and --value, or --id[/]")
+            raise typer.Exit(2)
+        record = decision_feed.delete(settings, scope, value, current=found)
+    except TimeoutError as exc:
+        console.print(f"[red]{exc}[/] (is the broker at {settings.bootstrap_servers} up?)")
+        raise typer.Exit(1) from None
+    except ValueError as exc:
+        console.print(f"[red]invalid decision:[/] {exc}")
+        raise typer.Exit(2) from None
+    lifted = record.evidence.get("lifts")
+    console.print(f"deleted {scope}:{value}" + (f" (lifted {lifted})" if lifted else " (no decision was active)"))

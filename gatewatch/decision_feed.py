@@ -2,7 +2,9 @@
 
 The topic ``gatewatch.decisions`` is the log of every decision, keyed
 ``scope:value``: the latest message per key wins, a tombstone (null value)
-deletes, and a decision past ``expires_at`` is over. The gateway follows it
+deletes, and a decision past ``expires_at`` is over. :func:`delete` publishes
+both a deletion record (a decision with no lifetime, which the store keeps)
+and a tombstone (which a compacted topic keeps). The gateway follows it
 in its event loop (aiokafka); this module is the kafka-python side for
 tools. Manual decisions published here are enforced exactly like detector
 decisions.
@@ -138,15 +140,56 @@ def publish(settings: GatewatchSettings, decision: Decision) -> None:
         producer.close()
 
 
-def delete(settings: GatewatchSettings, scope: str, value: str) -> None:
-    """Publish a signed tombstone for ``scope:value``: the gateway lifts the decision."""
-    key = decision_key(scope, value).encode()
-    headers = DecisionSigner.from_settings(settings).headers(key, None)
+def lift(scope: str, value: str, current: Decision | None = None, now: datetime | None = None) -> Decision:
+    """The deletion record of the decision for ``scope``/``value``: a decision of zero
+    lifetime (``created_at == expires_at == now``, "an ``expires_at`` in the past
+    deletes" in the decision protocol).
+
+    It carries ``current``'s detector, action and detection id (when the decision
+    being lifted is known), so that its alert has the labels of the alert it ends;
+    ``evidence["lifts"]`` names the id it lifts. Raises ``ValueError`` for an
+    unknown scope.
+    """
+    now = now or datetime.now(timezone.utc)
+    return Decision(scope=scope, value=value, action=current.action if current else "ban",
+                    detector=current.detector if current else "manual",
+                    detection_id=current.detection_id if current else None,
+                    reason=f"deleted: {current.reason}" if current else "deleted", origin="cli",
+                    created_at=now, expires_at=now,
+                    evidence={"by": "cli", "lifts": current.id if current else None})
+
+
+def is_lift(decision: Decision) -> bool:
+    """True for a deletion record (see :func:`lift`): no lifetime at all."""
+    return decision.expires_at <= decision.created_at
+
+
+def delete(settings: GatewatchSettings, scope: str, value: str, current: Decision | None = None,
+           timeout_s: float = 10.0) -> Decision:
+    """Lift the decision for ``scope:value``: publish its deletion record (:func:`lift`),
+    then a tombstone, both signed, and wait for the broker's acks; return the record.
+
+    The tombstone is what a compacted topic keeps; the record is what the sink can
+    store (it skips tombstones), so that the store — the dashboards' active decisions,
+    ``gatewatch explain`` — sees the deletion too. ``current`` is the decision being
+    lifted; when None it is looked up on the topic (raises ``TimeoutError`` if the
+    topic cannot be read in ``timeout_s`` seconds).
+    """
+    key = decision_key(scope, value)
+    if current is None:
+        current = read_decisions(settings, timeout_s).latest.get(key)
+    record = lift(scope, value, current)
+    signer = DecisionSigner.from_settings(settings)
+    key_bytes, record_value = key.encode(), record.to_json()
     producer = _producer(settings)
     try:
-        producer.send(settings.topic_decisions, key=key, value=None, headers=headers).get(10)
+        producer.send(settings.topic_decisions, key=key_bytes, value=record_value,
+                      headers=signer.headers(key_bytes, record_value)).get(timeout_s)
+        producer.send(settings.topic_decisions, key=key_bytes, value=None,
+                      headers=signer.headers(key_bytes, None)).get(timeout_s)
     finally:
         producer.close()
+    return record
 
 
 def manual_decision(scope: str, value: str, ttl_s: float, reason: str, action: str = "ban",

@@ -280,13 +280,15 @@ QUERIES: dict[str, NamedQuery] = {
     "decisions_between": NamedQuery(
         columns=("id", "created_at", "expires_at", "scope", "value", "action", "reason", "detector",
                  "origin", "detection_id", "evidence"),
-        description="Decisions created with since <= created_at < until (live, for `gatewatch replay`).",
+        description=("Decisions created with since <= created_at < until (live, for `gatewatch replay`); "
+                     "deletion records (no lifetime, see gatewatch.decision_feed.lift) left out."),
         params={"since": _SINCE, "until": _UNTIL},
         sql="""
             SELECT id, created_at, expires_at, scope, value, action, reason, detector,
                    origin, detection_id, evidence
             FROM decisions FINAL
             WHERE created_at >= {since:DateTime64(3, 'UTC')} AND created_at < {until:DateTime64(3, 'UTC')}
+              AND expires_at > created_at
             ORDER BY created_at, id
         """,
     ),
@@ -326,7 +328,8 @@ _WINDOW = {"since": _SINCE, "until": _UNTIL}
 _IN_WINDOW = "ts >= {since:DateTime64(3, 'UTC')} AND ts < {until:DateTime64(3, 'UTC')}"
 _BUCKET = "toStartOfInterval(ts, toIntervalSecond({step:UInt32}))"
 # The latest decision per scope:value created before the end of the window, and whether
-# it is in force then (a later decision for the same key replaces the earlier one).
+# it is in force then (a later decision for the same key replaces the earlier one; a
+# deletion record, gatewatch.decision_feed.lift, is a later decision with no lifetime).
 _LATEST_DECISIONS_AT_UNTIL = """
     SELECT id, scope, value, created_at, expires_at,
            expires_at > {until:DateTime64(3, 'UTC')} AS in_force
@@ -346,7 +349,8 @@ QUERIES.update({
                  "failed_logins", "detections", "decisions", "active_decisions"),
         description=("Summary of a window: requests, distinct client IPs, blocked (answered_by="
                      "'decision'), rate_limited, auth_failures (auth missing/invalid), server_errors "
-                     "(5xx), failed_logins; detections and decisions created in the window; "
+                     "(5xx), failed_logins; detections and decisions created in the window (deletion "
+                     "records left out); "
                      "active_decisions (latest per scope:value, in force at until)."),
         params=_WINDOW,
         sql=f"""
@@ -359,7 +363,8 @@ QUERIES.update({
                    (SELECT uniqExact(detection_id) FROM detections FINAL WHERE {_IN_WINDOW}) AS detections,
                    (SELECT uniqExact(id) FROM decisions FINAL
                     WHERE created_at >= {{since:DateTime64(3, 'UTC')}}
-                      AND created_at < {{until:DateTime64(3, 'UTC')}}) AS decisions,
+                      AND created_at < {{until:DateTime64(3, 'UTC')}}
+                      AND expires_at > created_at) AS decisions,
                    (SELECT countIf(in_force) FROM ({_LATEST_DECISIONS_AT_UNTIL})) AS active_decisions
             FROM requests FINAL
             WHERE {_IN_WINDOW}

@@ -7,8 +7,10 @@ client with a wrong key, an authorization-server outage, a rate-limited
 burst, a slow route after 11:30, and a credential-stuffing attack from
 203.0.113.0/24 (RU, AS64500) and 2001:db8:bad::/64 (CN, AS64501) from 10:50,
 blocked by decisions from 11:00. Detections of four detectors and decisions
-of five scopes go with it; one batch of requests and one detection are
-written twice (the sink is at-least-once) to prove the queries deduplicate.
+of five scopes go with it, one of them deleted at 11:40 (its deletion record,
+as `gatewatch decisions delete` publishes it); one batch of requests and one
+detection are written twice (the sink is at-least-once) to prove the queries
+deduplicate (and the request rollups count that batch twice, as documented).
 
 Dashboards look at 10:00–12:00 (:data:`RANGE_FROM`, :data:`RANGE_TO`).
 
@@ -27,6 +29,7 @@ from pathlib import Path
 import pytest
 from clickhouse_connect.driver.client import Client
 
+from gatewatch.decision_feed import lift
 from gatewatch.events import Decision, Detection, RequestEvent
 from gatewatch.settings import load_settings
 from storage.client import get_client
@@ -40,6 +43,10 @@ RANGE_TO = DAY.replace(hour=12)
 ATTACK_FROM = DAY.replace(hour=10, minute=50)
 BLOCK_FROM = DAY.replace(hour=11)
 SLOW_FROM = DAY.replace(hour=11, minute=30)
+#: Requests written a second time (the last ones: attack traffic inside the range).
+REDELIVERED = 300
+#: When `gatewatch decisions delete` lifted decision dec-deleted-1 (its deletion record).
+DELETED_AT = DAY.replace(hour=11, minute=40)
 
 #: (ip, country, asn, principal) of the benign clients.
 BENIGN = [
@@ -187,6 +194,9 @@ def _decisions(seed: Seed) -> None:
         detector="manual", origin="cli")
     dec("dec-later-1", "ip", "192.0.2.99", DAY.replace(hour=12, minute=30), timedelta(hours=1),
         detector="manual", origin="cli")  # created after the range: not active at its end
+    dec("dec-deleted-1", "ip", "203.0.113.12", DAY.replace(hour=11, minute=10), timedelta(hours=4),
+        detector="credential_stuffing")  # in force until 15:10 ... but deleted at 11:40:
+    seed.decisions.append(lift("ip", "203.0.113.12", seed.decisions[-1], now=DELETED_AT))
 
 
 def build_seed() -> Seed:
@@ -209,14 +219,15 @@ def seed() -> Seed:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory, seed: Seed) -> Iterator[Client]:
-    """A migrated chDB store holding :func:`seed`, with the last 300 requests (attack
+    """A migrated chDB store holding :func:`seed`, with the last :data:`REDELIVERED` requests (attack
     traffic, inside the dashboards' range) and one detection written twice; closed at the
     end of the module."""
     path: Path = tmp_path_factory.mktemp("dashboards") / "chdb"
     client = get_client(load_settings(chdb_path=path, clickhouse_url=None))
     try:
         migrate(client)
-        for table_rows in (write_requests(client, seed.events), write_requests(client, seed.events[-300:]),
+        for table_rows in (write_requests(client, seed.events),
+                           write_requests(client, seed.events[-REDELIVERED:]),
                            write_detections(client, seed.detections),
                            write_detections(client, seed.detections[:1]),
                            write_decisions(client, seed.decisions)):

@@ -158,3 +158,17 @@ def test_the_cli_does_not_load_dashboards_until_a_dashboards_command_runs() -> N
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+def test_rollup_panels_never_ask_for_buckets_finer_than_a_minute() -> None:
+    """A panel bucketing a per-minute rollup has Grafana's min interval at 1m, or its
+    per-second rates would be divided by a bucket the rollup cannot fill."""
+    checked = 0
+    for board in BOARDS.values():
+        for panel in content_panels(board):
+            for target in panel["targets"]:
+                query = panels.get(SQL_TO_NAME[target["rawSql"]])
+                if "_per_minute" in query.sql and "$__timeInterval" in query.sql:
+                    assert query.min_interval == "1m" and panel.get("interval") == "1m", panel["title"]
+                    checked += 1
+    assert checked >= 5
