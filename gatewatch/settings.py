@@ -330,6 +330,19 @@ class GatewatchSettings(BaseSettings):
     tls_cert: Path | None = Field(
         None, description="PEM with the private key and certificate chain the gateway presents to "
                           "clients (TLS termination; HTTP/2 by ALPN); None serves plain HTTP.")
+    # Size limits (inline/size_limits.py). Sources of the defaults: nginx's
+    # large_client_header_buffers (4 x 8 KiB), Apache's LimitRequestFields (100),
+    # AWS API Gateway's payload quota (10 MB).
+    max_header_bytes: int = Field(
+        32 * 1024, ge=0, description="Longest HTTP/1 request head (request line and header fields), bytes: "
+                                     "longer ones get 431 (414 if the request line alone is). 0: no limit.")
+    max_header_fields: int = Field(
+        100, ge=0, description="Most header fields in an HTTP/1 request; more get 431. 0: no limit.")
+    max_body_bytes: int = Field(
+        10 * 1024 * 1024, ge=0,
+        description="Largest request or response body the gateway buffers, bytes (mitmproxy's "
+                    "body_size_limit): a larger request gets 413 and never reaches the upstream, a "
+                    "larger response becomes 502. 0: no limit.")
     upstream: str = "http://127.0.0.1:8000"
     keys_file: Path = Path(".gatewatch/keys.toml")
     api_key_header: str = "X-API-Key"

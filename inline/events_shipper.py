@@ -5,7 +5,8 @@ The event is built when the request is answered: in ``response()`` (which
 mitmproxy also calls for answers the gateway's addons made in
 ``request()``) or in ``error()`` when no response came (upstream down:
 status 502, ``answered_by="error"``; a request that never arrived whole:
-status 400, ``answered_by="bad_request"``). The event id is also sent to
+status 400, ``answered_by="bad_request"``; a body above the size limit:
+status 413). The event id is also sent to
 the client as ``X-Request-Id``. Messages are keyed by client IP, so every
 event of one client lands on one partition, in order.
 
@@ -97,10 +98,19 @@ def _text(value: str | None, limit: int) -> str:
     return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")[:limit]
 
 
+#: Start of mitmproxy's error message for a request body above ``body_size_limit``
+#: (``HttpStream.check_body_size``, mitmproxy 11.0.2), answered 413.
+BODY_TOO_LARGE = "Request body exceeds"
+
+
 def error_status(flow: http.HTTPFlow) -> tuple[int, AnsweredBy]:
     """Status and ``answered_by`` of a request that ended in ``error()``:
-    ``(400, "bad_request")`` if the request never arrived whole (client-side
-    problem), else ``(502, "error")`` (the upstream failed or was unreachable)."""
+    ``(413, "bad_request")`` for a request body above the size limit
+    (:mod:`inline.size_limits`), ``(400, "bad_request")`` if the request never
+    arrived whole (client-side problem), else ``(502, "error")`` (the upstream
+    failed or was unreachable)."""
+    if flow.error is not None and flow.error.msg.startswith(BODY_TOO_LARGE):
+        return 413, "bad_request"
     if flow.request is None or flow.request.timestamp_end is None:
         return 400, "bad_request"
     return 502, "error"

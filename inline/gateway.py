@@ -9,6 +9,13 @@ gatewatch_x=...`` overrides one.
 Order matters. mitmproxy runs each hook through the chain in list order,
 and all ``requestheaders`` hooks run before any ``request`` hook:
 
+before any hook
+    SizeLimits (431/414 for an oversized HTTP/1 head, answered before a
+    flow exists; 413 for a body above the limit, through mitmproxy's
+    ``body_size_limit``, then the ``error`` hooks run).
+``request``, first
+    Framing (a de-chunked body goes upstream with ``Content-Length``).
+
 ``requestheaders``
     Routes (client IP through trusted proxies, normalized path, route,
     event id) → GeoEnrichment (country, ASN) → Authentication (identify
@@ -39,16 +46,20 @@ from inline.authentication import Authentication
 from inline.circuit_breaker import CircuitBreaker
 from inline.enforcement import Enforcement
 from inline.events_shipper import EventShipper
+from inline.framing import Framing
 from inline.geo import GeoEnrichment
 from inline.lists import Lists
 from inline.login import Login
 from inline.metrics import Metrics
 from inline.ratelimit import RateLimit
 from inline.routes import Routes
+from inline.size_limits import SizeLimits
 
 enforcement = Enforcement()
 
 addons = [
+    SizeLimits(),
+    Framing(),
     Routes(),
     GeoEnrichment(),
     Lists(),
