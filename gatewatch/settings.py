@@ -244,7 +244,7 @@ class BehaviourSettings(DetectorPolicySettings):
 
     shadow: bool = True
     model_path: Path = Path(".gatewatch/models/behaviour.skops")
-    threshold: float = Field(0.68, gt=0, le=1)
+    threshold: float = Field(0.7, gt=0, le=1)
     allowed_lateness_s: float = Field(5.0, ge=0)
     state_ttl_s: float = Field(7 * 86_400.0, gt=0)
     actions: dict[str, BlockAction] = Field(default_factory=lambda: {"principal": "throttle"})
