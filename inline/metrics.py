@@ -30,6 +30,8 @@ gatewatch_events_dropped_total              counter  events lost (queue/spool fu
 gatewatch_spool_bytes                       gauge    bytes of events waiting on disk
 gatewatch_broker_send_latency_seconds       histo.   send → broker acknowledgement
 gatewatch_decisions_active                  gauge    decisions held by enforcement
+gatewatch_allow_entries_active              gauge    allow entries held by enforcement
+gatewatch_requests_allow_listed_total       counter  requests let through by an allow entry
 gatewatch_decision_messages_malformed_total counter  skipped decision messages
 gatewatch_decisions_rejected_total          counter  decision messages ignored, by reason:
                                                      ``unsigned`` (no signature),
@@ -39,11 +41,6 @@ gatewatch_ratelimit_backend_errors_total    counter  requests the rate limiter's
                                                      judge: reason (``timeout``, ``error``,
                                                      ``down``), outcome (``fail_open``,
                                                      ``fail_closed``)
-gatewatch_requests_rejected_total           counter  HTTP/1 request heads refused before
-                                                     parsing (:mod:`inline.size_limits`), by
-                                                     reason (``header_too_large``,
-                                                     ``too_many_headers``,
-                                                     ``request_line_too_long``)
 ==========================================  =======  =====================================
 
 Under the minimal master (:mod:`inline.serve`) the gatewatch addons sit
@@ -63,7 +60,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from gatewatch.settings import load_settings
-from inline import flowtags, size_limits
+from inline import flowtags
 from inline.flowstate import get_facts
 
 logger = logging.getLogger(__name__)
@@ -113,6 +110,11 @@ class _Collector:
         enforcement = _addon("enforcement")
         if enforcement is not None:
             yield _gauge("gatewatch_decisions_active", "Decisions held by the gateway.", len(enforcement.store))
+            yield _gauge("gatewatch_allow_entries_active", "Allow entries (gatewatch allowlist) held by the gateway.",
+                         len(enforcement.allowed))
+            yield _counter("gatewatch_requests_allow_listed",
+                           "Requests let through by an allow entry (no decision nor rate limit applied).",
+                           (), {(): enforcement.stats.allow_listed})
             yield _counter("gatewatch_decision_messages_malformed", "Decision messages skipped as malformed.",
                            (), {(): enforcement.stats.malformed})
             st = enforcement.stats
@@ -121,9 +123,6 @@ class _Collector:
                            "(gatewatch/signing.py), or malformed.", ("reason",),
                            {("unsigned",): st.unsigned, ("bad_signature",): st.bad_signature,
                             ("malformed",): st.malformed})
-        yield _counter("gatewatch_requests_rejected",
-                       "HTTP/1 request heads refused before parsing (431/414), by reason.",
-                       ("reason",), {(k,): n for k, n in size_limits.rejected.items()})
         ratelimit = _addon("ratelimit")
         if ratelimit is not None:
             yield _counter("gatewatch_ratelimit_backend_errors",
