@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 
 from gatewatch import cli_dashboards, cli_decisions, cli_explain, cli_replay
-from gatewatch import cli_report
+from gatewatch import cli_report, cli_train
 from gatewatch.settings import load_settings
 
 app = typer.Typer(help="gatewatch: API security gateway and abuse-detection pipeline.",
@@ -25,6 +25,7 @@ app.add_typer(cli_decisions.app, name="decisions")
 app.command("explain")(cli_explain.explain)
 app.command("replay")(cli_replay.replay_command)
 app.command("report")(cli_report.report_command)
+app.command("train")(cli_train.train_command)
 app.add_typer(cli_dashboards.app, name="dashboards")
 geo_app = typer.Typer(help="Geo-IP data: DB-IP Lite city + ASN (CC-BY-4.0, IP Geolocation by DB-IP).",
                       no_args_is_help=True)
