@@ -98,13 +98,15 @@ SUSPICIOUS = "(status IN (401, 403, 429) OR login = 'failure')"
 # (decision protocol). The sink does not store tombstones: `gatewatch decisions delete`
 # also publishes a deletion record (gatewatch.decision_feed.lift), a decision whose
 # expires_at equals its created_at, so a deleted decision's key ends with a row that is
-# never in force.
+# never in force. Allow entries (action 'allow', `gatewatch allowlist`) have keys of their
+# own (allow:scope:value): the latest allow entry and the latest decision of a value are
+# kept apart.
 _LATEST_DECISIONS = """
         SELECT id, scope, value, action, detector, reason, origin, created_at, expires_at
         FROM decisions FINAL
         WHERE created_at <= $__toTime
         ORDER BY created_at DESC, id DESC
-        LIMIT 1 BY scope, value"""
+        LIMIT 1 BY scope, value, action = 'allow'"""
 
 _TS, _TABLE = Format.TIME_SERIES, Format.TABLE
 #: The rollups' minutes in the dashboard's range.
@@ -204,7 +206,7 @@ _QUERIES: list[PanelQuery] = [
             (SELECT uniqExact(scope, value) FROM detections FINAL
              WHERE $__timeFilter(ts) AND scope NOT IN ('route', 'global')) AS offenders,
             (SELECT count() FROM ({_LATEST_DECISIONS}
-             ) WHERE expires_at > $__toTime) AS active_decisions
+             ) WHERE expires_at > $__toTime AND action != 'allow') AS active_decisions
         """),
     PanelQuery(
         "abuse_detections_by_detector", _TS, description="Detections over time per detector.",
@@ -277,7 +279,8 @@ _QUERIES: list[PanelQuery] = [
         LIMIT 20
         """),
     PanelQuery(
-        "abuse_active_decisions", _TABLE, description="Decisions in force at the end of the range.",
+        "abuse_active_decisions", _TABLE,
+        description="Decisions and allow entries (action 'allow') in force at the end of the range.",
         columns=_cols("created_at:timestamp expires_at:timestamp scope:label value:label action:label "
                       "detector:label origin:label reason:label id:label"),
         sql=f"""

@@ -281,14 +281,15 @@ QUERIES: dict[str, NamedQuery] = {
         columns=("id", "created_at", "expires_at", "scope", "value", "action", "reason", "detector",
                  "origin", "detection_id", "evidence"),
         description=("Decisions created with since <= created_at < until (live, for `gatewatch replay`); "
-                     "deletion records (no lifetime, see gatewatch.decision_feed.lift) left out."),
+                     "deletion records (no lifetime, see gatewatch.decision_feed.lift) and allow "
+                     "entries left out."),
         params={"since": _SINCE, "until": _UNTIL},
         sql="""
             SELECT id, created_at, expires_at, scope, value, action, reason, detector,
                    origin, detection_id, evidence
             FROM decisions FINAL
             WHERE created_at >= {since:DateTime64(3, 'UTC')} AND created_at < {until:DateTime64(3, 'UTC')}
-              AND expires_at > created_at
+              AND expires_at > created_at AND action != 'allow'
             ORDER BY created_at, id
         """,
     ),
@@ -330,13 +331,14 @@ _BUCKET = "toStartOfInterval(ts, toIntervalSecond({step:UInt32}))"
 # The latest decision per scope:value created before the end of the window, and whether
 # it is in force then (a later decision for the same key replaces the earlier one; a
 # deletion record, gatewatch.decision_feed.lift, is a later decision with no lifetime).
+# Allow entries (action 'allow') have keys of their own: kept apart from the decisions.
 _LATEST_DECISIONS_AT_UNTIL = """
-    SELECT id, scope, value, created_at, expires_at,
+    SELECT id, scope, value, action, created_at, expires_at,
            expires_at > {until:DateTime64(3, 'UTC')} AS in_force
     FROM decisions FINAL
     WHERE created_at < {until:DateTime64(3, 'UTC')}
     ORDER BY created_at DESC, id DESC
-    LIMIT 1 BY scope, value"""
+    LIMIT 1 BY scope, value, action = 'allow'"""
 _SUSPICIOUS = "status IN (401, 403, 429) OR login = 'failure'"
 _OFFENDER_COUNTS = f"""uniqExact(client_ip), count(), countIf({_SUSPICIOUS}),
            countIf(login = 'failure'), countIf(answered_by = 'decision')
@@ -350,8 +352,8 @@ QUERIES.update({
         description=("Summary of a window: requests, distinct client IPs, blocked (answered_by="
                      "'decision'), rate_limited, auth_failures (auth missing/invalid), server_errors "
                      "(5xx), failed_logins; detections and decisions created in the window (deletion "
-                     "records left out); "
-                     "active_decisions (latest per scope:value, in force at until)."),
+                     "records and allow entries left out); "
+                     "active_decisions (latest per scope:value, in force at until; allow entries left out)."),
         params=_WINDOW,
         sql=f"""
             SELECT count() AS requests, uniqExact(client_ip) AS clients,
@@ -364,8 +366,9 @@ QUERIES.update({
                    (SELECT uniqExact(id) FROM decisions FINAL
                     WHERE created_at >= {{since:DateTime64(3, 'UTC')}}
                       AND created_at < {{until:DateTime64(3, 'UTC')}}
-                      AND expires_at > created_at) AS decisions,
-                   (SELECT countIf(in_force) FROM ({_LATEST_DECISIONS_AT_UNTIL})) AS active_decisions
+                      AND expires_at > created_at AND action != 'allow') AS decisions,
+                   (SELECT countIf(in_force AND action != 'allow')
+                    FROM ({_LATEST_DECISIONS_AT_UNTIL})) AS active_decisions
             FROM requests FINAL
             WHERE {_IN_WINDOW}
         """,
