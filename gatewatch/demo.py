@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from gatewatch.events import MalformedRecord, parse_decision
+from gatewatch.events import MalformedRecord, parse_decision, parse_detection
 from gatewatch.keys import add_key
 from gatewatch.launcher import Stack
 from gatewatch.settings import GatewatchSettings
@@ -51,12 +51,15 @@ class TopicWatch:
     """Counts detections and active decisions by following their topics from the start.
 
     Decision messages count only when their signature verifies (:mod:`gatewatch.signing`);
-    the others are counted in ``unsigned`` (none, or one that does not verify)."""
+    the others are counted in ``unsigned`` (none, or one that does not verify).
+    ``seen_at`` maps each detection id and decision id to the wall-clock time
+    (``time.time()``, s) at which this follower received it."""
 
     def __init__(self, settings: GatewatchSettings) -> None:
         self.settings = settings
         self.verifier = DecisionVerifier.from_settings(settings)
         self.detections = 0
+        self.seen_at: dict[str, float] = {}
         self.decisions: dict[str, datetime] = {}  # key -> expires_at
         self.decisions_seen = 0
         self.malformed = 0
@@ -81,6 +84,10 @@ class TopicWatch:
             async for msg in consumer:
                 if msg.topic == self.settings.topic_detections:
                     self.detections += 1
+                    try:
+                        self.seen_at.setdefault(parse_detection(msg.value).detection_id, time.time())
+                    except MalformedRecord:
+                        self.malformed += 1
                 elif self.verifier.rejects(msg.key, msg.value, msg.headers) is not None:
                     self.unsigned += 1
                 elif msg.value is None:
@@ -93,6 +100,7 @@ class TopicWatch:
                         continue
                     self.decisions_seen += 1
                     self.decisions[decision.key()] = decision.expires_at
+                    self.seen_at.setdefault(decision.id, time.time())
         finally:
             await consumer.stop()
 
