@@ -13,7 +13,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from gatewatch import cli_dashboards, cli_decisions, cli_explain, cli_replay
+from gatewatch import cli_allowlist, cli_dashboards, cli_decisions, cli_explain, cli_replay
 from gatewatch import cli_report, cli_train
 from gatewatch.settings import load_settings
 
@@ -22,6 +22,7 @@ app = typer.Typer(help="gatewatch: API security gateway and abuse-detection pipe
 keys_app = typer.Typer(help="Manage API keys (the keys file stores hashes only).", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(cli_decisions.app, name="decisions")
+app.add_typer(cli_allowlist.app, name="allowlist")
 app.command("explain")(cli_explain.explain)
 app.command("replay")(cli_replay.replay_command)
 app.command("report")(cli_report.report_command)

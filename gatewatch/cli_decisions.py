@@ -3,7 +3,9 @@
 A decision added here is enforced by every gateway exactly like a detector's
 (the gateway follows the topic); ``delete`` publishes a deletion record (a
 decision with no lifetime, stored like any decision, so the dashboards and
-``gatewatch explain`` see the deletion) and a tombstone.
+``gatewatch explain`` see the deletion) and a tombstone. Allow entries are
+not decisions: ``gatewatch allowlist`` (:mod:`gatewatch.cli_allowlist`) lists,
+adds and deletes them with the listing and deletion helpers of this module.
 """
 
 from __future__ import annotations
@@ -45,18 +47,31 @@ def list_decisions(
     value: Optional[str] = typer.Option(None, help="Only this value."),
 ) -> None:
     """Active decisions, newest first."""
+    list_entries(scope, value, allow=False)
+
+
+def list_entries(scope: str | None, value: str | None, allow: bool) -> None:
+    """Print the active decisions (``allow``: allow entries) of the topic, newest first, with
+    the number of messages skipped; exit 1 when the broker does not answer."""
     settings = load_settings()
     try:
         log = decision_feed.read_decisions(settings)
     except TimeoutError as exc:
         console.print(f"[red]{exc}[/] (is the broker at {settings.bootstrap_servers} up?)")
         raise typer.Exit(1) from None
-    rows = [d for d in log.active() if (scope is None or d.scope == scope) and (value is None or d.value == value)]
-    table = Table(title=f"{len(rows)} active decision(s)")
-    for col in ("id", "scope", "value", "action", "detector", "expires in", "reason"):
+    rows = [d for d in log.active(allow=allow)
+            if (scope is None or d.scope == scope) and (value is None or d.value == value)]
+    table = Table(title=f"{len(rows)} active {'allow entries' if allow else 'decision(s)'}")
+    columns = ("id", "scope", "value", "created", "expires in", "reason") if allow else \
+        ("id", "scope", "value", "action", "detector", "expires in", "reason")
+    for col in columns:
         table.add_column(col)
     for d in rows:
-        table.add_row(d.id, d.scope, d.value, d.action, d.detector, _remaining(d.expires_at), d.reason)
+        if allow:
+            table.add_row(d.id, d.scope, d.value, d.created_at.isoformat(timespec="seconds"),
+                          _remaining(d.expires_at), d.reason)
+        else:
+            table.add_row(d.id, d.scope, d.value, d.action, d.detector, _remaining(d.expires_at), d.reason)
     console.print(table)
     if log.malformed:
         console.print(f"[yellow]{log.malformed} malformed message(s) on the topic were skipped[/]")
@@ -90,24 +105,35 @@ def delete(
     decision_id: Optional[str] = typer.Option(None, "--id", help="Delete the decision with this id."),
 ) -> None:
     """Lift a decision (by --scope/--value or by --id): a deletion record, then a tombstone."""
+    delete_entry(scope, value, decision_id, allow=False)
+
+
+def delete_entry(scope: str | None, value: str | None, entry_id: str | None, allow: bool) -> None:
+    """Lift the decision (``allow``: allow entry) given by ``scope``/``value`` or by
+    ``entry_id``: its deletion record, then a tombstone. Exits 1 when the id is unknown
+    or the broker does not answer, 2 for missing or invalid arguments."""
     settings = load_settings()
+    kind = "allow entry" if allow else "decision"
     found = None
     try:
-        if decision_id:
-            found = decision_feed.read_decisions(settings).by_id(decision_id)
+        if entry_id:
+            found = decision_feed.read_decisions(settings).by_id(entry_id, allow=allow)
             if found is None:
-                console.print(f"[red]no decision with id {decision_id}[/]")
+                console.print(f"[red]no {kind} with id {entry_id}[/]")
                 raise typer.Exit(1)
             scope, value = found.scope, found.value
         if not scope or not value:
             console.print("[red]give --scope and --value, or --id[/]")
             raise typer.Exit(2)
-        record = decision_feed.delete(settings, scope, value, current=found)
+        if allow:
+            value = decision_feed.canonical_allow_value(scope, value, settings.decision_prefix_v4,
+                                                        settings.decision_prefix_v6)
+        record = decision_feed.delete(settings, scope, value, current=found, allow=allow)
     except TimeoutError as exc:
         console.print(f"[red]{exc}[/] (is the broker at {settings.bootstrap_servers} up?)")
         raise typer.Exit(1) from None
     except ValueError as exc:
-        console.print(f"[red]invalid decision:[/] {exc}")
+        console.print(f"[red]invalid {kind}:[/] {exc}")
         raise typer.Exit(2) from None
     lifted = record.evidence.get("lifts")
-    console.print(f"deleted {scope}:{value}" + (f" (lifted {lifted})" if lifted else " (no decision was active)"))
+    console.print(f"deleted {record.key()}" + (f" (lifted {lifted})" if lifted else f" (no {kind} was active)"))

@@ -3,6 +3,8 @@
 Prints every decision about the target (active ones from the decisions topic,
 past ones from the store), the detector and the thresholds its evidence
 crossed, the detections behind it, and the sample requests that made it.
+Allow entries (``gatewatch allowlist``) about the target are shown too, and a
+detection the decision policy let go because of one says so.
 """
 
 from __future__ import annotations
@@ -82,8 +84,12 @@ def explain(target: str = typer.Argument(..., help="Decision id, detection id, I
 
     for d in sorted(decisions.values(), key=lambda d: str(d["created_at"]), reverse=True):
         evidence = _parse_evidence(d.get("evidence"))
-        console.rule(f"decision {d['id']}")
+        allow = d["action"] == "allow"
+        console.rule(f"{'allow entry' if allow else 'decision'} {d['id']}")
         console.print(f"[bold]{d['action']}[/] {d['scope']} [bold]{d['value']}[/] — {_state(d['expires_at'])}")
+        if allow:
+            console.print("  allow-listed: no decision blocks or throttles it at the gateway, no rate limit "
+                          "applies, and the workers issue no decision against it")
         console.print(f"  detector {d['detector'] or 'manual'} ({d['origin']}), created {d['created_at']}, "
                       f"expires {d['expires_at']}")
         console.print(f"  reason: {d['reason']}")
@@ -96,6 +102,8 @@ def explain(target: str = typer.Argument(..., help="Decision id, detection id, I
                       f"(severity {det['severity']}): {det['summary']}")
         for line in thresholds_crossed(evidence):
             console.print(f"  threshold crossed: {line}")
+        if evidence.get("policy") == "allow_listed":
+            console.print(f"  no decision: the value is allow-listed (allow entry {evidence.get('allow_entry')})")
         ids = list(det.get("sample_event_ids") or [])[:samples]
         if not ids:
             continue

@@ -9,6 +9,11 @@ in its event loop (aiokafka); this module is the kafka-python side for
 tools. Manual decisions published here are enforced exactly like detector
 decisions.
 
+Allow entries (``gatewatch allowlist``, :func:`allow_entry`) travel on the
+same topic as decisions with action ``allow``, keyed ``allow:scope:value``, so
+that a ban and an allow entry for the same value both exist; :class:`DecisionLog`
+lists each kind apart, and :func:`delete` takes ``allow=True`` for them.
+
 Messages are signed with the settings' decision key (:mod:`gatewatch.signing`,
 tombstones too) and only those with a valid signature are read; the others
 are counted (``unsigned``, ``bad_signature``) apart from ``malformed`` ones.
@@ -28,7 +33,8 @@ from datetime import datetime, timedelta, timezone
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from gatewatch.events import Decision, MalformedRecord, decision_key, parse_decision
+from gatewatch.decision_store import canonical_value
+from gatewatch.events import ALLOW_SCOPES, Decision, MalformedRecord, allow_key, decision_key, parse_decision
 from gatewatch.settings import GatewatchSettings
 from gatewatch.signing import DecisionSigner, DecisionVerifier, Headers
 
@@ -46,15 +52,17 @@ class DecisionLog:
     bad_signature: int = 0
     messages: int = 0
 
-    def active(self, now: datetime | None = None) -> list[Decision]:
-        """Decisions not yet expired at ``now`` (default: the current time), newest first."""
+    def active(self, now: datetime | None = None, allow: bool = False) -> list[Decision]:
+        """Decisions (``allow=True``: allow entries) not yet expired at ``now`` (default: the
+        current time), newest first."""
         now = now or datetime.now(timezone.utc)
-        return sorted((d for d in self.latest.values() if d.active_at(now)),
+        return sorted((d for d in self.latest.values() if d.active_at(now) and (d.action == "allow") == allow),
                       key=lambda d: d.created_at, reverse=True)
 
-    def by_id(self, decision_id: str) -> Decision | None:
-        """The latest decision with this id, if any."""
-        return next((d for d in self.latest.values() if d.id == decision_id), None)
+    def by_id(self, decision_id: str, allow: bool = False) -> Decision | None:
+        """The latest decision (``allow=True``: allow entry) with this id, if any."""
+        return next((d for d in self.latest.values() if d.id == decision_id and (d.action == "allow") == allow),
+                    None)
 
 
 def read_decisions(settings: GatewatchSettings, timeout_s: float = 10.0) -> DecisionLog:
@@ -140,10 +148,11 @@ def publish(settings: GatewatchSettings, decision: Decision) -> None:
         producer.close()
 
 
-def lift(scope: str, value: str, current: Decision | None = None, now: datetime | None = None) -> Decision:
-    """The deletion record of the decision for ``scope``/``value``: a decision of zero
-    lifetime (``created_at == expires_at == now``, "an ``expires_at`` in the past
-    deletes" in the decision protocol).
+def lift(scope: str, value: str, current: Decision | None = None, now: datetime | None = None,
+         allow: bool = False) -> Decision:
+    """The deletion record of the decision (``allow=True``: allow entry) for
+    ``scope``/``value``: a decision of zero lifetime (``created_at == expires_at ==
+    now``, "an ``expires_at`` in the past deletes" in the decision protocol).
 
     It carries ``current``'s detector, action and detection id (when the decision
     being lifted is known), so that its alert has the labels of the alert it ends;
@@ -151,7 +160,8 @@ def lift(scope: str, value: str, current: Decision | None = None, now: datetime 
     unknown scope.
     """
     now = now or datetime.now(timezone.utc)
-    return Decision(scope=scope, value=value, action=current.action if current else "ban",
+    action = "allow" if allow else current.action if current else "ban"
+    return Decision(scope=scope, value=value, action=action,
                     detector=current.detector if current else "manual",
                     detection_id=current.detection_id if current else None,
                     reason=f"deleted: {current.reason}" if current else "deleted", origin="cli",
@@ -165,9 +175,10 @@ def is_lift(decision: Decision) -> bool:
 
 
 def delete(settings: GatewatchSettings, scope: str, value: str, current: Decision | None = None,
-           timeout_s: float = 10.0) -> Decision:
-    """Lift the decision for ``scope:value``: publish its deletion record (:func:`lift`),
-    then a tombstone, both signed, and wait for the broker's acks; return the record.
+           timeout_s: float = 10.0, allow: bool = False) -> Decision:
+    """Lift the decision for ``scope:value`` (``allow=True``: the allow entry, key
+    ``allow:scope:value``): publish its deletion record (:func:`lift`), then a
+    tombstone, both signed, and wait for the broker's acks; return the record.
 
     The tombstone is what a compacted topic keeps; the record is what the sink can
     store (it skips tombstones), so that the store — the dashboards' active decisions,
@@ -175,10 +186,10 @@ def delete(settings: GatewatchSettings, scope: str, value: str, current: Decisio
     lifted; when None it is looked up on the topic (raises ``TimeoutError`` if the
     topic cannot be read in ``timeout_s`` seconds).
     """
-    key = decision_key(scope, value)
+    key = allow_key(scope, value) if allow else decision_key(scope, value)
     if current is None:
         current = read_decisions(settings, timeout_s).latest.get(key)
-    record = lift(scope, value, current)
+    record = lift(scope, value, current, allow=allow)
     signer = DecisionSigner.from_settings(settings)
     key_bytes, record_value = key.encode(), record.to_json()
     producer = _producer(settings)
@@ -196,8 +207,41 @@ def manual_decision(scope: str, value: str, ttl_s: float, reason: str, action: s
                     now: datetime | None = None) -> Decision:
     """A decision made by a person through the CLI (``origin='cli'``, detector ``manual``).
 
-    Raises ``ValueError`` (pydantic's) for an unknown scope or action, or a TTL ≤ 0.
+    Raises ``ValueError`` (pydantic's) for an unknown scope or action, action ``allow``
+    (see :func:`allow_entry`), or a TTL ≤ 0.
     """
+    if action == "allow":
+        raise ValueError("allow entries are added with `gatewatch allowlist add`")
+    return _manual(scope, value, ttl_s, reason, action, now)
+
+
+def allow_entry(scope: str, value: str, ttl_s: float, reason: str, prefix_v4: int = 24, prefix_v6: int = 64,
+                now: datetime | None = None) -> Decision:
+    """An allow entry made through the CLI (action ``allow``, ``origin='cli'``, detector
+    ``manual``) with its value in canonical form (:func:`gatewatch.decision_store.canonical_value`;
+    a bare address as a prefix gets ``prefix_v4``/``prefix_v6``), so that its key is the
+    one the gateways and ``delete`` compute.
+
+    Raises ``ValueError`` for a scope outside :data:`gatewatch.events.ALLOW_SCOPES`, a
+    value that does not fit its scope, or a TTL ≤ 0.
+    """
+    if scope not in ALLOW_SCOPES:
+        raise ValueError(f"scope must be one of {', '.join(ALLOW_SCOPES)}, not {scope!r}")
+    canon = canonical_allow_value(scope, value, prefix_v4, prefix_v6)
+    if not canon:
+        raise ValueError("value must not be empty")
+    return _manual(scope, canon, ttl_s, reason, "allow", now)
+
+
+def canonical_allow_value(scope: str, value: str, prefix_v4: int = 24, prefix_v6: int = 64) -> str:
+    """``value`` in the canonical form of ``scope``; ``ValueError`` if it does not fit."""
+    try:
+        return canonical_value(scope, value.strip(), prefix_v4, prefix_v6)
+    except MalformedRecord as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _manual(scope: str, value: str, ttl_s: float, reason: str, action: str, now: datetime | None) -> Decision:
     if ttl_s <= 0:
         raise ValueError("ttl must be positive")
     now = now or datetime.now(timezone.utc)
