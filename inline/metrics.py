@@ -41,6 +41,11 @@ gatewatch_ratelimit_backend_errors_total    counter  requests the rate limiter's
                                                      judge: reason (``timeout``, ``error``,
                                                      ``down``), outcome (``fail_open``,
                                                      ``fail_closed``)
+gatewatch_requests_rejected_total           counter  HTTP/1 request heads refused before
+                                                     parsing (:mod:`inline.size_limits`), by
+                                                     reason (``header_too_large``,
+                                                     ``too_many_headers``,
+                                                     ``request_line_too_long``)
 ==========================================  =======  =====================================
 
 Under the minimal master (:mod:`inline.serve`) the gatewatch addons sit
@@ -60,7 +65,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from gatewatch.settings import load_settings
-from inline import flowtags
+from inline import flowtags, size_limits
 from inline.flowstate import get_facts
 
 logger = logging.getLogger(__name__)
@@ -123,6 +128,9 @@ class _Collector:
                            "(gatewatch/signing.py), or malformed.", ("reason",),
                            {("unsigned",): st.unsigned, ("bad_signature",): st.bad_signature,
                             ("malformed",): st.malformed})
+        yield _counter("gatewatch_requests_rejected",
+                       "HTTP/1 request heads refused before parsing (431/414), by reason.",
+                       ("reason",), {(k,): n for k, n in size_limits.rejected.items()})
         ratelimit = _addon("ratelimit")
         if ratelimit is not None:
             yield _counter("gatewatch_ratelimit_backend_errors",
