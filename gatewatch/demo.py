@@ -211,7 +211,7 @@ def run_demo(settings: GatewatchSettings, run_dir: Path, users: int = 8, duratio
                       f"attacker {ATTACKER_IP} from t={attack_start_s:.0f} s")
         log, watch = asyncio.run(_drive(stack, api_keys, duration_s, attack_start_s, console,
                                         live=console.is_terminal))
-        summary = summarize(log, WorkerApi(stack.worker_url), watch)
+        summary = summarize(log, WorkerApi(stack.worker_url, token=stack.settings.admin_token), watch)
     finally:
         stack.stop()
     console.print()

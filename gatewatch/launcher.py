@@ -28,6 +28,7 @@ from pathlib import Path
 
 import httpx
 
+from gatewatch.admin_auth import auth_headers
 from gatewatch.broker import create_topics, tansu_command
 from gatewatch.commands import serve_command, worker_command
 from gatewatch.netutil import free_port, wait_for_port
@@ -136,7 +137,7 @@ class Stack:
         while time.monotonic() < deadline:
             self._check(part)
             try:
-                if httpx.get(url, timeout=1.0).json().get("ready"):
+                if httpx.get(url, headers=auth_headers(self.settings.admin_token), timeout=1.0).json().get("ready"):
                     return
             except (httpx.HTTPError, ValueError):
                 pass

@@ -411,6 +411,12 @@ class GatewatchSettings(BaseSettings):
     # Admin port: Prometheus metrics (0 = off).
     admin_host: str = "127.0.0.1"
     admin_port: int = 9464
+    # The gateway's metrics and the worker's read API (gatewatch/admin_auth.py): bound to a
+    # non-loopback address they refuse to start without this token; once set, every request
+    # to them needs "Authorization: Bearer <admin_token>" (the CLI sends it).
+    admin_token: str | None = Field(
+        None, repr=False, description="Bearer token of the admin endpoints (at least 32 characters); "
+                                      "required when admin_host or worker_web_host is not loopback.")
 
     # Geo-IP data (city .mmdb and ASN ranges), shared by gateway and worker
     geo: GeoSettings = GeoSettings()

@@ -5,7 +5,8 @@ the worker, and named queries go through its read-only HTTP API
 (:class:`gatewatch.worker_api.WorkerApi`). When no worker answers, the
 directory is opened here (or the ClickHouse server of
 ``settings.clickhouse_url`` is queried) with the same named queries of
-``storage/queries.py``.
+``storage/queries.py``. The worker's API gets ``settings.admin_token``; a
+worker that refuses it (401) is reported, not bypassed.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from gatewatch.settings import GatewatchSettings
-from gatewatch.worker_api import WorkerApi, WorkerApiError
+from gatewatch.worker_api import WorkerApi, WorkerApiError, WorkerAuthError
 
 
 class StoreUnavailable(RuntimeError):
@@ -25,7 +26,8 @@ class StoreReader:
 
     def __init__(self, settings: GatewatchSettings) -> None:
         self.settings = settings
-        self.worker = WorkerApi(f"http://{settings.worker_web_host}:{settings.worker_web_port}", timeout_s=5.0)
+        self.worker = WorkerApi(f"http://{settings.worker_web_host}:{settings.worker_web_port}", timeout_s=5.0,
+                                token=settings.admin_token)
         self._client: Any = None
         self.via = ""
 
@@ -36,6 +38,8 @@ class StoreReader:
                 rows = self.worker.query(name, **params)
                 self.via = "worker"
                 return rows
+            except WorkerAuthError as exc:   # the worker runs (and owns the store) but wants the token
+                raise StoreUnavailable(str(exc)) from exc
             except WorkerApiError as exc:
                 if self.via == "worker":
                     raise StoreUnavailable(str(exc)) from exc

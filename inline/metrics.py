@@ -2,7 +2,10 @@
 
 Served by an aiohttp server inside mitmproxy's event loop on
 ``gatewatch_admin_host:gatewatch_admin_port`` (loopback by default; 0 turns
-it off), in the Prometheus text exposition format produced by
+it off). On a non-loopback address the gateway refuses to start without
+``gatewatch_admin_token``; with a token every scrape needs
+``Authorization: Bearer <token>`` (:mod:`gatewatch.admin_auth`). Metrics are
+in the Prometheus text exposition format produced by
 ``prometheus_client.generate_latest`` from a registry of this addon's own
 (not the process-global one). If the port cannot be bound the gateway logs
 a warning and serves traffic anyway (metrics fail open).
@@ -64,6 +67,7 @@ from mitmproxy import ctx, exceptions, http
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
+from gatewatch import admin_auth
 from gatewatch.settings import load_settings
 from inline import flowtags, size_limits
 from inline.flowstate import get_facts
@@ -169,7 +173,9 @@ def _gauge(name: str, doc: str, value: float) -> Metric:
 class Metrics:
     """Addon: counts answered requests and serves ``/metrics`` on the admin port.
 
-    Options: ``gatewatch_admin_host``, ``gatewatch_admin_port`` (0 = off).
+    Options: ``gatewatch_admin_host``, ``gatewatch_admin_port`` (0 = off),
+    ``gatewatch_admin_token`` (bearer token; required off loopback, else
+    ``OptionsError`` at start-up).
     Place it after every addon that may answer or record an outcome, and
     before the event shipper.
     """
@@ -191,10 +197,20 @@ class Metrics:
                           "Address of the admin (Prometheus metrics) server; keep it on loopback.")
         loader.add_option("gatewatch_admin_port", int, s.admin_port,
                           "Port of the admin server, GET /metrics; 0 turns it off.")
+        loader.add_option("gatewatch_admin_token", str, s.admin_token or "",
+                          "Bearer token the admin server requires (needed off loopback).")
 
     def configure(self, updated: set[str]) -> None:
-        if "gatewatch_admin_port" in updated and not 0 <= ctx.options.gatewatch_admin_port <= 65535:
+        o = ctx.options
+        if "gatewatch_admin_port" in updated and not 0 <= o.gatewatch_admin_port <= 65535:
             raise exceptions.OptionsError("gatewatch_admin_port must be within 0..65535")
+        if updated & {"gatewatch_admin_host", "gatewatch_admin_port", "gatewatch_admin_token"} \
+                and o.gatewatch_admin_port:
+            try:
+                admin_auth.require_token_if_exposed(o.gatewatch_admin_host, o.gatewatch_admin_token,
+                                                    "gateway metrics server (gatewatch_admin_host)")
+            except admin_auth.AdminTokenRequired as exc:
+                raise exceptions.OptionsError(str(exc)) from None
 
     async def running(self) -> None:
         if self._runner is not None or not ctx.options.gatewatch_admin_port:
@@ -222,6 +238,9 @@ class Metrics:
     async def _serve(self, request):
         from aiohttp import web
 
+        if not admin_auth.authorized(request.headers.get("Authorization"), ctx.options.gatewatch_admin_token):
+            return web.Response(status=401, text="401 Unauthorized: bearer token required\n",
+                                headers=admin_auth.challenge())
         return web.Response(body=generate_latest(self.registry),
                             headers={"Content-Type": CONTENT_TYPE_LATEST})
 

@@ -11,7 +11,10 @@ Quirks designed around (measured, DESIGN.md):
 * Topics are created by the launcher with their partition counts; the worker
   never declares topics (``topic_allow_declare=False``) and uses no leader topic.
 * Faust's web server defaults to port 6066 on all interfaces: here it binds
-  ``worker_web_host:worker_web_port`` from the settings (loopback by default).
+  ``worker_web_host:worker_web_port`` from the settings (loopback by default);
+  every route, Faust's own too, needs the admin token once one is set, and a
+  non-loopback host without one stops the worker at import
+  (:mod:`streams.web_auth`).
 * The chDB store is opened, migrated and warmed in :meth:`GatewatchApp.on_start`,
   before the consumer starts, and closed after every agent has stopped.
 """
@@ -25,6 +28,7 @@ import faust
 from gatewatch.settings import GatewatchSettings, load_settings
 from streams.fetch_wait import FastFetchTransport
 from streams.store import Store
+from streams.web_auth import check_exposure, token_middleware
 
 #: Consumer-group session timeout (s). Tansu quirk: a group join takes about half of it.
 SESSION_TIMEOUT_S = 6.0
@@ -34,6 +38,7 @@ HEARTBEAT_INTERVAL_S = 1.0
 REBALANCE_TIMEOUT_S = 6.0
 
 settings: GatewatchSettings = load_settings()
+check_exposure(settings)
 store = Store(settings)
 
 
@@ -64,6 +69,7 @@ app = GatewatchApp(
     web_host=settings.worker_web_host,
     web_bind=settings.worker_web_host,
     web_port=settings.worker_web_port,
+    web_application_options={"middlewares": [token_middleware(settings.admin_token)]},
     broker_session_timeout=SESSION_TIMEOUT_S,
     broker_heartbeat_interval=HEARTBEAT_INTERVAL_S,
     broker_rebalance_timeout=REBALANCE_TIMEOUT_S,

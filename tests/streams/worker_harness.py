@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
+from gatewatch.admin_auth import auth_headers
 from gatewatch.commands import worker_command
 from gatewatch.settings import GatewatchSettings
 
@@ -84,10 +85,12 @@ class Worker:
             return "(no log)"
 
     def get(self, path: str, params: dict[str, Any] | None = None) -> tuple[int, Any]:
-        """GET ``path`` on the worker's web server; returns ``(status, parsed JSON)``."""
+        """GET ``path`` on the worker's web server (with the admin token, if the settings
+        have one); returns ``(status, parsed JSON)``."""
         url = self.base + path + ("?" + urllib.parse.urlencode(params) if params else "")
+        request = urllib.request.Request(url, headers=auth_headers(self.settings.admin_token))
         try:
-            with urllib.request.urlopen(url, timeout=10) as response:
+            with urllib.request.urlopen(request, timeout=10) as response:
                 return response.status, json.load(response)
         except urllib.error.HTTPError as exc:
             return exc.code, json.load(exc)
