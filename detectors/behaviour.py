@@ -149,10 +149,20 @@ class BehaviourDetector:
         """Principals held (with their open windows and countries)."""
         return len(self.windows)
 
+    @property
+    def late_events(self) -> int:
+        """Events dropped because their window had closed."""
+        return self.windows.late_events
+
     def process(self, event: RequestEvent, now: datetime) -> list[Detection]:
         """Count ``event`` in its window, then judge every window closed by ``now``."""
-        self.windows.add(event, now)
+        self.add(event, now)
         return self.advance(now)
+
+    def add(self, event: RequestEvent, now: datetime) -> bool:
+        """Count ``event`` in its window without judging any (False: not counted — no
+        principal, a gateway answer, or late for a window closed by ``now``)."""
+        return self.windows.add(event, now)
 
     def advance(self, now: datetime) -> list[Detection]:
         """Judge the windows closed by ``now`` (event time or a low watermark) with no new event."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
 
 from gatewatch.events import Detection
@@ -50,3 +51,12 @@ class MergedInput:
         for partition, progress in reports:
             self.watermarks.update(partition, progress, now_s)
         return found
+
+    def low_watermark(self) -> datetime | None:
+        """The least watermark of every partition heard so far (None while one has none):
+        a time every event this worker will still read is past."""
+        now_s = time.monotonic()
+        marks = [self.watermarks.watermark(p, now_s) for p in self.watermarks.partitions()]
+        if not marks or None in marks:
+            return None
+        return to_datetime(min(marks))  # type: ignore[type-var]
