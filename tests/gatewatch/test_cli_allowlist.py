@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 from datetime import timedelta
@@ -14,15 +13,12 @@ from pathlib import Path
 
 from kafka import KafkaProducer
 
-from gatewatch.commands import serve_command
 from gatewatch.decision_feed import allow_entry, read_decisions
 from gatewatch.events import Detection
-from gatewatch.keys import add_key
-from gatewatch.netutil import free_port, wait_for_port
 from gatewatch.settings import GatewatchSettings, load_settings
 from storage.client import get_client
 from storage.writer import write_decisions, write_detections
-from test_cli_decisions import status_from, wait_status
+from test_cli_decisions import running_gateway, status_from, wait_status
 
 GATEWATCH = str(Path(sys.executable).parent / "gatewatch")
 
@@ -39,13 +35,7 @@ def added_id(out: subprocess.CompletedProcess) -> str:
 
 def test_allowlist_add_list_delete_through_the_gateway(settings: GatewatchSettings, sample_api: str,
                                                        tmp_path: Path) -> None:
-    add_key(tmp_path / "keys.toml", "key_x", owner="x")
-    s = settings.model_copy(update={"upstream": sample_api, "listen_port": free_port(),
-                                    "keys_file": tmp_path / "keys.toml"})
-    gateway = subprocess.Popen(serve_command(s), env=os.environ | s.to_env())
-    try:
-        wait_for_port(s.listen_host, s.listen_port, timeout_s=20)
-        url = f"http://{s.listen_host}:{s.listen_port}/health"
+    with running_gateway(settings, sample_api, tmp_path) as (s, url):
         ban_id = added_id(cli(s, "decisions", "add", "--scope", "ip", "--value", "127.0.0.71", "--reason", "abuse"))
         assert wait_status("127.0.0.71", url, 403).status_code == 403
 
@@ -90,9 +80,6 @@ def test_allowlist_add_list_delete_through_the_gateway(settings: GatewatchSettin
         log = read_decisions(s)
         assert log.active(allow=True) == [] and [d.id for d in log.active()] == [ban_id]
         assert "0 active allow entries" in cli(s, "allowlist", "list").stdout
-    finally:
-        gateway.send_signal(signal.SIGTERM)
-        gateway.wait(timeout=20)
 
 
 def test_invalid_allow_entries_are_refused(settings: GatewatchSettings) -> None:

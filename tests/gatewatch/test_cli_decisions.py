@@ -7,6 +7,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -43,6 +45,22 @@ def wait_status(ip: str, url: str, want: int, timeout_s: float = 10.0) -> httpx.
         time.sleep(0.05)
 
 
+@contextmanager
+def running_gateway(settings: GatewatchSettings, sample_api: str,
+                    tmp_path: Path) -> Iterator[tuple[GatewatchSettings, str]]:
+    """A real gateway process in front of ``sample_api``; yields its settings and /health URL."""
+    add_key(tmp_path / "keys.toml", "key_x", owner="x")
+    s = settings.model_copy(update={"upstream": sample_api, "listen_port": free_port(),
+                                    "keys_file": tmp_path / "keys.toml"})
+    gateway = subprocess.Popen(serve_command(s), env=os.environ | s.to_env())
+    try:
+        wait_for_port(s.listen_host, s.listen_port, timeout_s=20)
+        yield s, f"http://{s.listen_host}:{s.listen_port}/health"
+    finally:
+        gateway.send_signal(signal.SIGTERM)
+        gateway.wait(timeout=20)
+
+
 @pytest.mark.parametrize("text,seconds", [("90", 90), ("90s", 90), ("15m", 900), ("4h", 14400), ("7d", 604800),
                                           ("1.5h", 5400)])
 def test_parse_duration(text: str, seconds: float) -> None:
@@ -57,13 +75,7 @@ def test_parse_duration_rejects(text: str) -> None:
 
 def test_add_list_delete_enforced_by_the_gateway(settings: GatewatchSettings, sample_api: str,
                                                   tmp_path: Path) -> None:
-    add_key(tmp_path / "keys.toml", "key_x", owner="x")
-    s = settings.model_copy(update={"upstream": sample_api, "listen_port": free_port(),
-                                    "keys_file": tmp_path / "keys.toml"})
-    gateway = subprocess.Popen(serve_command(s), env=os.environ | s.to_env())
-    try:
-        wait_for_port(s.listen_host, s.listen_port, timeout_s=20)
-        url = f"http://{s.listen_host}:{s.listen_port}/health"
+    with running_gateway(settings, sample_api, tmp_path) as (s, url):
         assert status_from("127.0.0.77", url).status_code == 200
 
         # A malformed message on the topic is skipped by the gateway and by `list`; so are
@@ -100,9 +112,6 @@ def test_add_list_delete_enforced_by_the_gateway(settings: GatewatchSettings, sa
         assert deleted.returncode == 0, deleted.stdout + deleted.stderr
         assert wait_status("127.0.0.77", url, 200).status_code == 200
         assert read_decisions(s).active() == []
-    finally:
-        gateway.send_signal(signal.SIGTERM)
-        gateway.wait(timeout=20)
 
 
 def test_invalid_decision_is_refused(settings: GatewatchSettings) -> None:

@@ -15,7 +15,7 @@ from gatewatch import decision_feed
 from gatewatch.events import Decision, RequestEvent, new_id, parse_decision, parse_detection
 from gatewatch.netutil import free_port
 from gatewatch.settings import GatewatchSettings
-from worker_harness import Worker, producer, read_topic, wait_for
+from worker_harness import Worker, producer, read_topic, running_worker, wait_for
 
 ALLOWED = "203.0.113.7"        # covered by a signed allow entry for its /24
 UNSIGNED = "198.51.100.8"      # has only an unsigned (forged) allow entry
@@ -23,14 +23,9 @@ UNSIGNED = "198.51.100.8"      # has only an unsigned (forged) allow entry
 
 @pytest.fixture
 def worker(settings: GatewatchSettings, tmp_path: Path):
-    s = settings.model_copy(update={"worker_web_port": free_port(), "sink_batch_within_s": 0.2})
-    w = Worker(s, tmp_path)
-    try:
-        w.start()
+    with running_worker(settings.model_copy(update={"worker_web_port": free_port(), "sink_batch_within_s": 0.2}),
+                        tmp_path) as w:
         yield w
-    finally:
-        rc = w.stop()
-        assert rc == 0, w.log_tail()
 
 
 def _failed_logins(t0: datetime, ip: str) -> list[RequestEvent]:

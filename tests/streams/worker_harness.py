@@ -15,7 +15,8 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -102,6 +103,18 @@ class Worker:
 
     def health(self) -> dict[str, Any]:
         return self.get("/gatewatch/health/")[1]
+
+
+@contextmanager
+def running_worker(settings: GatewatchSettings, workdir: Path) -> Iterator[Worker]:
+    """A started :class:`Worker`; stopped afterwards, and it must exit with 0."""
+    worker = Worker(settings, workdir)
+    try:
+        worker.start()
+        yield worker
+    finally:
+        rc = worker.stop()
+        assert rc == 0, worker.log_tail()
 
 
 def producer(settings: GatewatchSettings) -> KafkaProducer:
