@@ -54,6 +54,7 @@ import asyncio
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -67,9 +68,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `bench.*` whe
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from bench.pipeline import cpu_s  # noqa: E402
 from bench.quality_actors import Scenario, build_scenario  # noqa: E402
 from bench.quality_addresses import AddressBook  # noqa: E402
-from bench.quality_client import PlayLog, Player  # noqa: E402
+from bench.quality_client import PlayLog, Player, follow_requests  # noqa: E402
 from bench.quality_scoring import (StoredDecision, StoredDetection, StoredRequest,  # noqa: E402
                                    score)
 from gatewatch.demo import TopicWatch  # noqa: E402
@@ -83,12 +85,58 @@ RESULTS = Path(__file__).parent / "results" / "quality.json"
 LATENCY_WINDOW_S = 10.0
 #: Seconds to wait after the traffic for the last detections and decisions to arrive.
 SETTLE_S = 3.0
+#: Fetch wait of the harness's topic followers (ms); Tansu does not wake a waiting fetch.
+FOLLOWER_FETCH_WAIT_MS = 5
 
 
 def harness_settings(run_dir: Path) -> GatewatchSettings:
     """The defaults, plus the trusted proxy and the shorter latency windows (module docstring)."""
     return load_settings(keys_file=run_dir / "keys.toml", listen_port=0, trusted_proxies=["127.0.0.1/32"],
                          latency=LatencySettings(window_s=LATENCY_WINDOW_S))
+
+
+def code_state() -> dict[str, Any]:
+    """The commit the figures were taken on, and the product files changed but not committed
+    then (several engineers share the working tree; the run used it as it was)."""
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True).stdout.strip()
+
+    dirty = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines()
+             if line[3:].split("/")[0] in ("inline", "streams", "detectors", "storage", "gatewatch")]
+    return {"head": git("rev-parse", "--short", "HEAD"), "uncommitted_product_files": dirty}
+
+
+def machine_busy_s() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, all cores (``/proc/stat``)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    tick = os.sysconf("SC_CLK_TCK")
+    return (sum(fields) - idle) / tick, sum(fields) / tick
+
+
+class CpuMeter:
+    """CPU used during the traffic: each stack part, this harness process and the whole
+    machine (other users of the machine included), as shares of one core."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.pids = {part.name: part.proc.pid for part in stack.parts}
+        self.start = self._sample()
+
+    def _sample(self) -> dict[str, float]:
+        sample = {name: cpu_s(pid) for name, pid in self.pids.items()}
+        t = os.times()
+        sample["harness"] = t.user + t.system
+        sample["machine"], sample["_total"] = machine_busy_s()
+        sample["_wall"] = time.monotonic()
+        return sample
+
+    def stop(self) -> dict[str, float]:
+        """Cores used on average since the start, per part, ``harness`` and ``machine``."""
+        end = self._sample()
+        wall = end["_wall"] - self.start["_wall"]
+        return {k: round((end[k] - self.start[k]) / wall, 2) for k in end if not k.startswith("_")}
 
 
 def _epoch(text: str) -> float:
@@ -113,20 +161,24 @@ def read_store(reader: StoreReader, since: float, until: float) -> tuple[
     return stored, detections, decisions
 
 
-async def drive(stack: Stack, scenario: Scenario, api_keys: dict[str, str]) -> tuple[PlayLog, TopicWatch]:
-    """Play the scenario through the gateway while following the detections and decisions topics."""
-    watch = TopicWatch(stack.settings)
-    follower = asyncio.create_task(watch.run())
+async def drive(stack: Stack, scenario: Scenario, api_keys: dict[str, str]) -> tuple[PlayLog, TopicWatch,
+                                                                                  dict[str, float]]:
+    """Play the scenario through the gateway while following the detections and decisions topics;
+    return the client log, the follower and the CPU used during the traffic (cores)."""
+    # The followers are measuring instruments: a 5 ms fetch wait keeps their own delay small.
+    watch = TopicWatch(stack.settings.model_copy(update={"fetch_max_wait_ms": FOLLOWER_FETCH_WAIT_MS}))
+    followers = [asyncio.create_task(watch.run()),
+                 asyncio.create_task(follow_requests(stack.settings, watch.seen_at, FOLLOWER_FETCH_WAIT_MS))]
     try:
+        meter = CpuMeter(stack)
         log = await Player(stack.gateway_url, stack.part("sample-api").address, api_keys).play(scenario)
+        cores = meter.stop()
         await asyncio.sleep(SETTLE_S)
     finally:
-        follower.cancel()
-        try:
-            await follower
-        except asyncio.CancelledError:
-            pass
-    return log, watch
+        for follower in followers:
+            follower.cancel()
+        await asyncio.gather(*followers, return_exceptions=True)
+    return log, watch, cores
 
 
 def run(seed: int, duration_s: float, run_dir: Path, console: Console) -> dict[str, Any]:
@@ -144,13 +196,13 @@ def run(seed: int, duration_s: float, run_dir: Path, console: Console) -> dict[s
     steps = sum(len(s.steps) for a in scenario.actors for s in a.scripts)
     console.print(f"plan: {len(scenario.actors)} actors, {steps} requests planned over {duration_s:.0f} s "
                   f"(seed {seed}) in {time.monotonic() - t_plan:.1f} s; logs in {run_dir}")
-    load_before = os.getloadavg()
+    load_before, code = os.getloadavg(), code_state()
     stack = Stack(settings, run_dir, sample_api=True, sample_api_args=scenario.sample_api_args())
     t0 = time.monotonic()
     stack.start()
     try:
         console.print(f"stack ready in {time.monotonic() - t0:.1f} s; playing the traffic")
-        log, watch = asyncio.run(drive(stack, scenario, api_keys))
+        log, watch, cores = asyncio.run(drive(stack, scenario, api_keys))
         load_after = os.getloadavg()
         reader = StoreReader(stack.settings)
         with_id = sum(1 for o in log.outcomes if o.request_id)
@@ -164,11 +216,12 @@ def run(seed: int, duration_s: float, run_dir: Path, console: Console) -> dict[s
     (run_dir / "outcomes.json").write_text(json.dumps([asdict(o) for o in log.outcomes]))
     return {
         "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "seed": seed, "duration_s": duration_s,
+        "seed": seed, "duration_s": duration_s, "code": code,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "loadavg_before": [round(x, 2) for x in load_before],
                     "loadavg_after": [round(x, 2) for x in load_after],
-                    "note": "2 cores shared with other processes (load averages above)"},
+                    "cores_used_during_traffic": cores,
+                    "note": "cores shared with other processes: 'machine' counts every process"},
         "settings": {"trusted_proxies": settings.trusted_proxies,
                      "latency": settings.latency.model_dump(),
                      "credential_stuffing": settings.credential_stuffing.model_dump(),
@@ -198,18 +251,19 @@ def print_tables(results: dict[str, Any], console: Console) -> None:
     """The detector, attack, benign and target tables."""
     t = Table(title="per detector")
     for col in ("detector", "detections", "TP", "FP", "precision", "attack actors", "caught", "recall",
-                "benign blocked", "median start→threshold s"):
+                "benign blocked", "median start→detection s"):
         t.add_column(col, justify="right")
     for name, r in results["detectors"].items():
         t.add_row(name, *(_fmt(r[k]) for k in ("detections", "true_positives", "false_positives", "precision",
                                                "attack_actors", "caught", "recall")),
-                  str(len(r["benign_actors_blocked"])), _fmt(r["median_start_to_threshold_s"]))
+                  str(len(r["benign_actors_blocked"])), _fmt(r["median_start_to_detection_s"]))
     console.print(t)
 
     t = Table(title="per attack (times: threshold = the request that crossed the detector's threshold)")
     cols = [("actor", "actor"), ("response", "response"), ("req/s plan", "planned_rate_per_s"),
             ("req/s got", "achieved_rate_per_s"), ("requests", "requests"), ("detected", "detected"),
-            ("start→thr s", "start_to_threshold_s"), ("thr→detection ms", "threshold_to_detection_seen_ms"),
+            ("start→det s", "start_to_first_detection_s"), ("start→thr s", "start_to_threshold_s"),
+            ("thr→event ms", "threshold_to_event_seen_ms"), ("thr→detection ms", "threshold_to_detection_seen_ms"),
             ("thr→decision ms", "threshold_to_decision_seen_ms"), ("thr→first 403 ms", "threshold_to_first_403_ms"),
             ("start→403 s", "start_to_first_403_s"), ("answered before block", "answered_before_first_block"),
             ("foreign before block", "foreign_objects_before_first_block"),
@@ -248,7 +302,8 @@ def print_tables(results: dict[str, Any], console: Console) -> None:
     console.print(t)
     m = results["machine"]
     console.print(f"load average before/after: {m['loadavg_before']} / {m['loadavg_after']} "
-                  f"({m['cpus']} cores, shared); totals: {results['totals']}")
+                  f"({m['cpus']} cores, shared); cores used during the traffic: {m['cores_used_during_traffic']}")
+    console.print(f"totals: {results['totals']}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -17,6 +17,9 @@ returned an object of another owner than the script's user (a foreign object).
 
 The ``latency`` actor's changes are sent straight to the sample API's control
 endpoint (not through the gateway); their wall-clock times are recorded.
+
+:func:`follow_requests` notes when each request event reaches the requests
+topic, so a threshold-to-403 time can be split into its legs.
 """
 
 from __future__ import annotations
@@ -28,8 +31,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bench.quality_actors import LATENCY_ROUTE, Actor, Scenario, Script, Step
+from gatewatch.events import MalformedRecord, parse_request_event
+from gatewatch.settings import GatewatchSettings
 
 #: Connections the client keeps to the gateway at most.
 CONNECTIONS = 256
@@ -183,3 +189,26 @@ class Player:
                                          json={"route": LATENCY_ROUTE, "ms": ms}) as resp:
                 resp.raise_for_status()
             self.log.latency_changes.append((actor.name, time.time(), ms))
+
+
+async def follow_requests(settings: GatewatchSettings, seen_at: dict[str, float], fetch_max_wait_ms: int = 5) -> int:
+    """Until cancelled, note in ``seen_at`` the wall-clock time (``time.time()``) at which
+    each request event (by event id) is read from ``settings.topic_requests``: every
+    partition from the beginning, no consumer group (never "latest" on Tansu). A short
+    fetch wait (ms) keeps this follower's own delay small. Returns the malformed count."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False,
+                                fetch_max_wait_ms=fetch_max_wait_ms)
+    await consumer.start()
+    malformed = 0
+    try:
+        parts = [TopicPartition(settings.topic_requests, p) for p in range(settings.requests_partitions)]
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        async for msg in consumer:
+            try:
+                seen_at.setdefault(parse_request_event(msg.value).event_id, time.time())
+            except MalformedRecord:
+                malformed += 1
+    finally:
+        await consumer.stop()
+    return malformed

@@ -23,13 +23,17 @@ the client).
 **Per attack actor** (times in wall-clock seconds, the clock the gateway
 stamps events with, on the same machine):
 
-* *threshold crossing* = the first true-positive detection's ``ts``, which the
-  detectors set to the event time of the request that made their window cross
-  its threshold; that request is named (``trigger_request_id``: the sample
-  request id whose stored ``ts`` equals it);
-* *to detection* = threshold − attack start (first request sent, or the
-  latency change); *detection seen* / *decision seen* = when the topic
-  follower received them;
+* *to detection* = the first true-positive detection's ``ts`` − attack start
+  (first request sent, or the latency change);
+* *threshold crossing* = the ``ts`` of the detection behind the decision that
+  answered the actor's first blocked request (without a block: of the first
+  detection that got a decision, else of the first detection). Detectors set
+  ``ts`` to the event time of the request that made their window cross the
+  threshold; that request is named (``trigger_request_id``: the sample request
+  id whose stored ``ts`` equals it; the store keeps ms, so times are ±1 ms);
+* *event / detection / decision seen* = when the harness's topic followers
+  read the trigger's request event, the detection and its decision: the legs
+  of the loop from threshold to 403;
 * *threshold → first 403* = receipt of the first 403 (ban) at the client −
   threshold crossing. For a slow attacker it includes the wait for its next
   request; the target uses the fast (≥ :data:`FAST_RATE_PER_S` planned) runs;
@@ -199,18 +203,27 @@ class _Run:
         return req.answered_by == "upstream" if req is not None else (o.status != 0 and o.blocked_by is None)
 
 
-def _attack_row(run: _Run, actor: Actor, tps: list[StoredDetection], decisions: list[StoredDecision],
+def _rule(det: StoredDetection) -> Any:
+    return det.evidence.get("rule") or det.evidence.get("kind") or det.evidence.get("state")
+
+
+def _attack_row(run: _Run, actor: Actor, tps: list[StoredDetection], decisions: dict[str, StoredDecision],
                 seen_at: dict[str, float]) -> dict[str, Any]:
     mine = run.by_actor.get(actor.name, [])
     start = run.span.get(actor.name, (None, None))[0]
     first = min(tps, key=lambda d: d.ts) if tps else None
-    threshold = first.ts if first else None
-    tp_ids = {d.detection_id for d in tps}
-    own_decisions = sorted((d for d in decisions if d.detection_id in tp_ids), key=lambda d: d.created_at)
-    decision = own_decisions[0] if own_decisions else None
     blocks = sorted(((o, *run.block_of(o)) for o in mine), key=lambda x: x[0].received_at)
-    first_block = next(((o, kind) for o, kind, _ in blocks if kind), None)
+    first_block = next(((o, kind, did) for o, kind, did in blocks if kind), None)
     first_403 = next((o for o, kind, _ in blocks if kind == "ban"), None)
+    # The threshold that counts for enforcement: the detection behind the decision that
+    # answered the first block; without a block, the first detection that got a decision.
+    by_id = {d.detection_id: d for d in tps}
+    own = sorted((d for d in decisions.values() if d.detection_id in by_id), key=lambda d: d.created_at)
+    decision = decisions.get(first_block[2]) if first_block and first_block[2] else None
+    decision = decision if decision is not None and decision.detection_id in by_id else (own[0] if own else None)
+    enforced = by_id[decision.detection_id] if decision is not None else first
+    threshold = enforced.ts if enforced else None
+    trigger = enforced and run.trigger(enforced)
     block_ts = run.stored_ts(first_block[0]) if first_block else math.inf
     before = [o for o in mine if run.answered_by_upstream(o) and run.stored_ts(o) < block_ts]
     after = ([o for o in mine if run.answered_by_upstream(o) and run.stored_ts(o) > threshold + 0.0005]
@@ -228,12 +241,15 @@ def _attack_row(run: _Run, actor: Actor, tps: list[StoredDetection], decisions: 
         "requests": len(mine),
         "detected": first is not None,
         "detections": len(tps),
-        "first_detection": first and {"id": first.detection_id, "detector": first.detector, "scope": first.scope,
-                                      "value": first.value, "rule": first.evidence.get("rule")
-                                      or first.evidence.get("kind") or first.evidence.get("state")},
-        "trigger_request_id": first and run.trigger(first),
+        "start_to_first_detection_s": None if first is None or start is None else round(first.ts - start, 3),
+        "first_detection": first and {"id": first.detection_id, "scope": first.scope, "rule": _rule(first)},
+        "threshold_detection": enforced and {"id": enforced.detection_id, "detector": enforced.detector,
+                                             "scope": enforced.scope, "value": enforced.value,
+                                             "rule": _rule(enforced)},
+        "trigger_request_id": trigger,
         "start_to_threshold_s": None if threshold is None or start is None else round(threshold - start, 3),
-        "threshold_to_detection_seen_ms": _ms(threshold, first and seen_at.get(first.detection_id)),
+        "threshold_to_event_seen_ms": _ms(threshold, seen_at.get(trigger or "")),
+        "threshold_to_detection_seen_ms": _ms(threshold, enforced and seen_at.get(enforced.detection_id)),
         "decision": decision and {"id": decision.id, "scope": decision.scope, "action": decision.action},
         "threshold_to_decision_seen_ms": _ms(threshold, decision and seen_at.get(decision.id)),
         "first_block": first_block and first_block[1],
@@ -273,7 +289,7 @@ def score(actors: list[Actor], outcomes: list[Outcome], latency_changes: list[tu
                         "on": run.benign_owner(det.key) or "unlabelled",
                         "rule": det.evidence.get("rule") or det.evidence.get("kind")})
 
-    attack_rows = [_attack_row(run, a, tps.get(a.name, []), decisions, seen_at) for a in actors if a.attack]
+    attack_rows = [_attack_row(run, a, tps.get(a.name, []), decision_by_id, seen_at) for a in actors if a.attack]
 
     benign_rows = []
     fp_blocks: dict[str, set[str]] = defaultdict(set)
@@ -307,7 +323,7 @@ def score(actors: list[Actor], outcomes: list[Outcome], latency_changes: list[tu
             "precision": _ratio(c["true_positives"], c["detections"]),
             "attack_actors": len(expected), "caught": len(caught), "recall": _ratio(len(caught), len(expected)),
             "benign_actors_blocked": sorted(fp_blocks.get(name, set())),
-            "median_start_to_threshold_s": median_or_inf(r["start_to_threshold_s"] for r in caught),
+            "median_start_to_detection_s": median_or_inf(r["start_to_first_detection_s"] for r in caught),
         }
 
     return {

@@ -115,11 +115,11 @@ def _out(actor: str, i: int, sent: float, status: int, blocked: str | None = Non
 @pytest.fixture
 def small_run():
     """An attacker at 200 req/s: 12 failures answered by the upstream (the 10th crosses the
-    threshold at +45 ms), then 403s from +60 ms; a benign user with one 200 and one 403 by
-    a decision; one true and one false detection."""
+    ip threshold at +45 ms, after a username throttle at +10 ms), then 403s from +60 ms; a
+    benign user with one 200 and one 403 by a decision; two true and one false detection."""
     attack = Actor("stuffer", "stuffing-fast", True, detectors=frozenset({"credential_stuffing"}),
-                   keys=frozenset({f"ip:{ATTACKER}", f"prefix:{prefix_of(ATTACKER)}"}), rate_per_s=200.0,
-                   response="ban")
+                   keys=frozenset({f"ip:{ATTACKER}", f"prefix:{prefix_of(ATTACKER)}", "username:h1"}),
+                   rate_per_s=200.0, response="ban")
     benign = Actor("person", "user", False, keys=frozenset({f"ip:{USER}"}))
     outcomes = [_out("stuffer", i, i * 0.005, 401, foreign=(i == 3)) for i in range(12)]
     outcomes += [_out("stuffer", 12 + i, 0.060 + i * 0.005, 403, "ban") for i in range(8)]
@@ -131,23 +131,29 @@ def small_run():
     true_det = StoredDetection("det-1", trigger.ts, "credential_stuffing", "ip", ATTACKER, {"rule": "ip"},
                                tuple(f"stuffer-{i}" for i in range(10)))
     false_det = StoredDetection("det-2", T0 + 0.4, "credential_stuffing", "ip", USER, {"rule": "ip"}, ("person-0",))
-    decisions = [StoredDecision("dec-1", trigger.ts, "ip", ATTACKER, "ban", "credential_stuffing", "det-1")]
-    seen = {"det-1": trigger.ts + 0.008, "dec-1": trigger.ts + 0.009}
-    return score([attack, benign], outcomes, [], stored, [true_det, false_det], decisions, seen)
+    username_det = StoredDetection("det-0", T0 + 0.011, "credential_stuffing", "username", "h1",
+                                   {"rule": "username_during_spike"}, ("stuffer-2",))
+    decisions = [StoredDecision("dec-1", trigger.ts, "ip", ATTACKER, "ban", "credential_stuffing", "det-1"),
+                 StoredDecision("dec-0", T0 + 0.011, "username", "h1", "throttle", "credential_stuffing", "det-0")]
+    seen = {"stuffer-9": trigger.ts + 0.003, "det-1": trigger.ts + 0.008, "dec-1": trigger.ts + 0.009}
+    return score([attack, benign], outcomes, [], stored, [username_det, true_det, false_det], decisions, seen)
 
 
 def test_detector_figures(small_run) -> None:
     row = small_run["detectors"]["credential_stuffing"]
-    assert (row["detections"], row["true_positives"], row["false_positives"]) == (2, 1, 1)
-    assert row["precision"] == 0.5 and row["recall"] == 1.0
+    assert (row["detections"], row["true_positives"], row["false_positives"]) == (3, 2, 1)
+    assert row["precision"] == pytest.approx(2 / 3, abs=1e-4) and row["recall"] == 1.0
     assert row["benign_actors_blocked"] == ["person"]
     assert small_run["false_positive_detections"][0]["on"] == "person"
 
 
 def test_attack_timings(small_run) -> None:
     (row,) = small_run["attacks"]
-    assert row["trigger_request_id"] == "stuffer-9"
+    assert row["start_to_first_detection_s"] == pytest.approx(0.011)
+    # the threshold that counts is the ip rule's, whose ban answered the first 403
+    assert row["trigger_request_id"] == "stuffer-9" and row["decision"]["id"] == "dec-1"
     assert row["start_to_threshold_s"] == pytest.approx(0.046)
+    assert row["threshold_to_event_seen_ms"] == pytest.approx(3.0)
     assert row["threshold_to_decision_seen_ms"] == pytest.approx(9.0)
     # first 403 received at +64 ms; threshold stored at +46 ms
     assert row["threshold_to_first_403_ms"] == pytest.approx(18.0)
