@@ -81,7 +81,7 @@ class TooLittleHistory(ValueError):
 
 def model_input(values: Sequence[Sequence[float]]) -> np.ndarray:
     """Feature rows (``FEATURES`` order) as the forest's input: float64, counts as log1p."""
-    x = np.asarray(values, dtype=np.float64).reshape(-1, len(FEATURES))
+    x = np.array(values, dtype=np.float64).reshape(-1, len(FEATURES))  # a copy: the input stays as it was
     for j, name in enumerate(FEATURES):
         if name in LOG_FEATURES:
             x[:, j] = np.log1p(np.maximum(x[:, j], 0.0))

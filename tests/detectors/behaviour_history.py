@@ -13,10 +13,13 @@ Used by the detector tests (training fixture of the shared check suite), the
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 from datetime import datetime, timedelta, timezone
 
+from detectors.behaviour_features import windows_of
+from detectors.behaviour_model import BehaviourModel, fit_model
 from gatewatch.events import RequestEvent
 
 T0 = datetime(2025, 3, 1, 0, 0, tzinfo=timezone.utc)
@@ -83,6 +86,15 @@ def flooder(start: datetime, seconds: float = 290.0, rate_per_s: float = 4.0) ->
     n = int(seconds * rate_per_s)
     return [_event(FLOODER, "203.0.113.81", start + timedelta(seconds=i / rate_per_s), "POST", "/orders",
                    0, 400 if i % 2 else 422, "FR", f"fld-{i:05d}") for i in range(n)]
+
+
+@functools.cache
+def trained_model() -> BehaviourModel:
+    """The model of the detector and worker tests: a day of the 12 principals of seed 7
+    from :data:`T0`, forest seed 0 (the same as ``gatewatch train`` fits)."""
+    until = T0 + timedelta(days=1)
+    return fit_model(windows_of(benign_history(seed=7, hours=24)), since=T0.timestamp(),
+                     until=until.timestamp(), trained_at=until.isoformat(), seed=0)
 
 
 def _poisson(rng: random.Random, lam: float) -> int:

@@ -30,12 +30,14 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from behaviour_history import trained_model
+from detectors.behaviour import BehaviourDetector
 from detectors.bola import BolaDetector
 from detectors.credential_stuffing import CredentialStuffingDetector
 from detectors.decision_policy import DecisionPolicy, PolicyResult
 from detectors.latency import LatencyRegressionDetector
 from gatewatch.events import Detection, RequestEvent, parse_request_event
-from gatewatch.settings import BolaSettings, CredentialStuffingSettings, LatencySettings
+from gatewatch.settings import BehaviourSettings, BolaSettings, CredentialStuffingSettings, LatencySettings
 
 CASES_DIR = Path(__file__).parent / "cases"
 
@@ -56,6 +58,9 @@ DETECTORS: dict[str, DetectorSpec] = {
     "bola": DetectorSpec(BolaSettings, lambda s, opts: BolaDetector.from_settings(s)),
     "latency_regression": DetectorSpec(LatencySettings,
                                        lambda s, opts: LatencyRegressionDetector.from_settings(s)),
+    # The model is loaded by the caller: here the one trained on behaviour_history's training day.
+    "behaviour": DetectorSpec(BehaviourSettings,
+                              lambda s, opts: BehaviourDetector.from_settings(trained_model(), s)),
 }
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from behaviour_history import FLOODER, benign_history, flooder, scraper  # noqa: E402
 from gatewatch.events import RequestEvent  # noqa: E402
 
 SEED = 20250301
@@ -434,9 +435,57 @@ def latency_short_blip_and_heavy_tail(rng: random.Random) -> tuple[list[RequestE
     }
 
 
+# -- behaviour outliers ----------------------------------------------------------------------
+# The model of these cases (behaviour_history.trained_model) is trained on a day of the same
+# twelve principals; each case is half an hour of another day, closed by a last request.
+
+BEHAVIOUR_DAY = T0 + timedelta(days=2)
+
+
+def _behaviour_day(rng: random.Random, extra: list[RequestEvent]) -> list[RequestEvent]:
+    events = benign_history(seed=7, hours=0.5, start=BEHAVIOUR_DAY, traffic_seed=rng.randrange(10**6))
+    tick = events[0].model_copy(update={"event_id": "tick", "ts": BEHAVIOUR_DAY + timedelta(seconds=1900)})
+    return events + extra + [tick]
+
+
+def behaviour_stolen_key_scraper(rng: random.Random) -> tuple[list[RequestEvent], dict[str, Any]]:
+    start = BEHAVIOUR_DAY + timedelta(seconds=600)
+    stolen = [e.model_copy(update={"principal": "key-b03"}) for e in scraper(start, rate_per_s=3.0, country="KP")]
+    return _behaviour_day(rng, stolen), {
+        "description": ("Twelve principals as on the training day; from minute 10 the key of key-b03 (always "
+                        "in the US) walks foreign order ids at 3 req/s from KP, mostly refused. Its window "
+                        "is an outlier (rate, distinct ids, error share, new country); in shadow: no decision."),
+        "detector": "behaviour",
+        "detections": [{"scope": "principal", "value": "key-b03",
+                        "evidence": {"window_start": start.isoformat(),
+                                     "features": {"new_country": {"value": 1.0}}}}],
+        "decisions": [],
+    }
+
+
+def behaviour_error_flood(rng: random.Random) -> tuple[list[RequestEvent], dict[str, Any]]:
+    return _behaviour_day(rng, flooder(BEHAVIOUR_DAY + timedelta(seconds=900))), {
+        "description": ("A principal never seen before posts malformed orders at 4 req/s for five minutes "
+                        "(every answer 400/422) beside the twelve usual principals."),
+        "detector": "behaviour",
+        "detections": [{"scope": "principal", "value": FLOODER,
+                        "evidence": {"window_start": (BEHAVIOUR_DAY + timedelta(seconds=900)).isoformat(),
+                                     "features": {"error_share": {"value": 1.0}}}}],
+    }
+
+
+def behaviour_benign_half_hour(rng: random.Random) -> tuple[list[RequestEvent], dict[str, Any]]:
+    return _behaviour_day(rng, []), {
+        "description": "Half an hour of the twelve principals of the training day, on another day: no outlier.",
+        "detector": "behaviour",
+        "must_not_detect": [{"scope": "principal"}],
+    }
+
+
 SCENARIOS = [cs_fast_stuffing_one_ip, cs_low_and_slow_200_ips, cs_corporate_nat, cs_benign_typo_users,
              bola_sequential_ids, bola_sequential_ids_vulnerable_api, bola_uuids, bola_bulk_sync_own_objects,
-             bola_name_ids_anonymous, latency_regression_and_recovery, latency_short_blip_and_heavy_tail]
+             bola_name_ids_anonymous, latency_regression_and_recovery, latency_short_blip_and_heavy_tail,
+             behaviour_stolen_key_scraper, behaviour_error_flood, behaviour_benign_half_hour]
 
 
 def write_cases(root: Path = CASES_DIR) -> list[str]:

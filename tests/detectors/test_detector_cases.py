@@ -63,7 +63,7 @@ def test_case(name: str) -> None:
 
 def test_cases_exist_for_every_detector_and_both_labels() -> None:
     cases = [load_case(n) for n in case_names()]
-    for detector in ("credential_stuffing", "bola", "latency_regression"):
+    for detector in ("credential_stuffing", "bola", "latency_regression", "behaviour"):
         mine = [c for c in cases if c.detector == detector]
         assert any(c.fires for c in mine) and any(not c.fires for c in mine), detector
 

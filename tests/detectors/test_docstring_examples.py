@@ -8,7 +8,8 @@ import importlib
 import pytest
 
 MODULES = ["detectors.windows", "detectors.credential_stuffing", "detectors.bola", "detectors.latency",
-           "detectors.decision_policy"]
+           "detectors.decision_policy", "detectors.behaviour_features", "detectors.behaviour_model",
+           "detectors.behaviour"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -24,14 +24,13 @@ from pathlib import Path
 
 import pytest
 
-from detectors.behaviour_features import WINDOW_S, windows_of
-from detectors.behaviour_model import fit_model
+from detectors.behaviour_features import WINDOW_S
 from gatewatch.events import RequestEvent, parse_decision, parse_detection
 from gatewatch.model_file import save_model_file
 from gatewatch.netutil import free_port
 from gatewatch.settings import GatewatchSettings
 from streams.rekey import partition_for
-from tests.detectors.behaviour_history import benign_history, scraper
+from tests.detectors.behaviour_history import benign_history, scraper, trained_model
 from worker_harness import Worker, producer, read_topic, wait_for
 
 STOLEN = "key-b03"
@@ -68,9 +67,7 @@ def _traffic(t0: datetime) -> list[RequestEvent]:
 
 def test_a_stolen_key_scraping_is_detected_in_shadow(settings: GatewatchSettings, tmp_path: Path) -> None:
     assert settings.behaviour.shadow and settings.requests_partitions == 4
-    model = fit_model(windows_of(benign_history(seed=7, hours=24)), since=0.0, until=86_400.0,
-                      trained_at="2025-03-02T00:00:00+00:00", seed=0)
-    model_path = save_model_file(model.to_document(), tmp_path / "models" / "behaviour.skops")
+    model_path = save_model_file(trained_model().to_document(), tmp_path / "models" / "behaviour.skops")
     worker = _start(settings, tmp_path, model_path)
     try:
         s = worker.settings
