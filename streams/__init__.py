@@ -10,6 +10,8 @@ Agents (one module each, thin: read a batch, call a detector, send results on):
 * ``detect_latency`` — latency regression over samples re-keyed by route;
 * ``detect_geo`` — geo anomalies (impossible travel, new country) over requests
   re-keyed by principal, located with the DB-IP city database;
+* ``detect_behaviour`` — behaviour outliers: per-principal 5-minute windows scored by the
+  Isolation Forest that ``gatewatch train`` fitted (shadow by default; off without a model file);
 * ``alert`` — detections and decisions to Alertmanager or a webhook (when configured);
 * ``sink`` — requests, detections and decisions into ClickHouse.
 
