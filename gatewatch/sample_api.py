@@ -155,7 +155,8 @@ def make_app(data: SampleData | None = None, unchecked: Iterable[str] = (),
         except (ValueError, KeyError, TypeError):
             return _error(400, "body must be JSON with username and password")
         user_id = data.users.get(username)
-        if user_id is None or not secrets.compare_digest(password, password_for(username)):
+        # Bytes: compare_digest refuses str with non-ASCII characters (TypeError, a 500).
+        if user_id is None or not secrets.compare_digest(password.encode(), password_for(username).encode()):
             return _error(401, "invalid credentials")
         token = secrets.token_urlsafe(24)
         sessions[token] = user_id
