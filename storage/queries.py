@@ -119,6 +119,29 @@ _TARGET = Param(_text, help="a decision id, detection id, or a scope value (IP, 
 _IDS = Param(_ids, help="comma-separated ids (at most 1000)")
 _LIMIT = Param(_limit, default=20, help="number of rows, 1..10000 (default 20)")
 
+_REQUEST_EVENT_COLUMNS = ("event_id", "ts", "client_ip", "method", "host", "path", "route", "status",
+                          "latency_ms", "bytes_in", "bytes_out", "principal", "auth", "answered_by",
+                          "user_agent", "login", "username_hash", "decision_id", "asn", "country")
+
+
+def _request_events(description: str, condition: str = "1") -> NamedQuery:
+    """Stored requests with since <= ts < until and SQL ``condition``, in event-time order,
+    as the RequestEvent fields (at most ``limit`` rows)."""
+    return NamedQuery(
+        columns=_REQUEST_EVENT_COLUMNS, description=description,
+        params={"since": _SINCE, "until": _UNTIL, "limit": Param(_rows, default=1_000_000,
+                                                                   help="rows at most (default 1e6)")},
+        sql=f"""
+            SELECT {", ".join(_REQUEST_EVENT_COLUMNS)}
+            FROM requests FINAL
+            WHERE ts >= {{since:DateTime64(3, 'UTC')}} AND ts < {{until:DateTime64(3, 'UTC')}}
+              AND ({condition})
+            ORDER BY ts, event_id
+            LIMIT {{limit:UInt32}}
+        """,
+    )
+
+
 QUERIES: dict[str, NamedQuery] = {
     "table_counts": NamedQuery(
         columns=("table", "rows"),
@@ -240,43 +263,13 @@ QUERIES: dict[str, NamedQuery] = {
             ORDER BY ts, event_id
         """,
     ),
-    "requests_between": NamedQuery(
-        columns=("event_id", "ts", "client_ip", "method", "host", "path", "route", "status", "latency_ms",
-                 "bytes_in", "bytes_out", "principal", "auth", "answered_by", "user_agent", "login",
-                 "username_hash", "decision_id", "asn", "country"),
-        description=("Every stored request with since <= ts < until, in event-time order, with the "
-                     "RequestEvent fields (for `gatewatch replay`)."),
-        params={"since": _SINCE, "until": _UNTIL, "limit": Param(_rows, default=1_000_000,
-                                                                   help="rows at most (default 1e6)")},
-        sql="""
-            SELECT event_id, ts, client_ip, method, host, path, route, status, latency_ms,
-                   bytes_in, bytes_out, principal, auth, answered_by, user_agent, login,
-                   username_hash, decision_id, asn, country
-            FROM requests FINAL
-            WHERE ts >= {since:DateTime64(3, 'UTC')} AND ts < {until:DateTime64(3, 'UTC')}
-            ORDER BY ts, event_id
-            LIMIT {limit:UInt32}
-        """,
-    ),
-    "principal_requests_between": NamedQuery(
-        columns=("event_id", "ts", "client_ip", "method", "host", "path", "route", "status", "latency_ms",
-                 "bytes_in", "bytes_out", "principal", "auth", "answered_by", "user_agent", "login",
-                 "username_hash", "decision_id", "asn", "country"),
-        description=("Upstream answers to authenticated principals with since <= ts < until, in event-time "
-                     "order, with the RequestEvent fields (for `gatewatch train`: the behaviour model's input)."),
-        params={"since": _SINCE, "until": _UNTIL, "limit": Param(_rows, default=1_000_000,
-                                                                   help="rows at most (default 1e6)")},
-        sql="""
-            SELECT event_id, ts, client_ip, method, host, path, route, status, latency_ms,
-                   bytes_in, bytes_out, principal, auth, answered_by, user_agent, login,
-                   username_hash, decision_id, asn, country
-            FROM requests FINAL
-            WHERE ts >= {since:DateTime64(3, 'UTC')} AND ts < {until:DateTime64(3, 'UTC')}
-              AND answered_by = 'upstream' AND principal != ''
-            ORDER BY ts, event_id
-            LIMIT {limit:UInt32}
-        """,
-    ),
+    "requests_between": _request_events(
+        "Every stored request with since <= ts < until, in event-time order, with the "
+        "RequestEvent fields (for `gatewatch replay`)."),
+    "principal_requests_between": _request_events(
+        "Upstream answers to authenticated principals with since <= ts < until, in event-time "
+        "order, with the RequestEvent fields (for `gatewatch train`: the behaviour model's input).",
+        "answered_by = 'upstream' AND principal != ''"),
     "decisions_between": NamedQuery(
         columns=("id", "created_at", "expires_at", "scope", "value", "action", "reason", "detector",
                  "origin", "detection_id", "evidence"),

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
 from gatewatch.events import Decision, Detection, RequestEvent
-from gatewatch.netutil import free_port
 from gatewatch.settings import load_settings
 from storage.client import get_client
 from storage.migrations import migrate
 from storage.writer import write_decisions, write_detections, write_requests
+from tests.gatewatch.stack_files import stopped_run_dir
 
 T0 = datetime.now(timezone.utc) - timedelta(minutes=2)
 
@@ -40,12 +39,6 @@ def stopped_stack(tmp_path: Path) -> Path:
     write_detections(client, [detection])
     write_decisions(client, [decision])
     client.close()
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    (run_dir / "stack.json").write_text(json.dumps({
-        "bootstrap_servers": f"127.0.0.1:{free_port()}", "worker_web_host": "127.0.0.1",
-        "worker_web_port": free_port(), "gateway_url": "", "chdb_path": str(tmp_path / "chdb"),
-        "metrics_urls": []}))
-    return run_dir
+    return stopped_run_dir(tmp_path / "run", tmp_path / "chdb")
 
 

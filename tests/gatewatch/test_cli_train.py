@@ -23,13 +23,13 @@ from detectors.behaviour_features import FEATURES, WINDOW_S, windows_of
 from detectors.behaviour_model import BehaviourModel
 from gatewatch.cli_train import ReadStats, stored_events
 from gatewatch.model_file import load_model_file
-from gatewatch.netutil import free_port
 from gatewatch.settings import load_settings
 from gatewatch.store_reader import StoreReader
 from storage.client import get_client
 from storage.migrations import migrate
 from storage.writer import write_requests
 from tests.detectors.behaviour_history import SCRAPER, benign_history, scraper
+from tests.gatewatch.stack_files import stopped_run_dir
 
 GATEWATCH = str(Path(sys.executable).parent / "gatewatch")
 NOW = datetime.now(timezone.utc)
@@ -53,13 +53,7 @@ def history_stack(tmp_path_factory: pytest.TempPathFactory) -> Path:
         assert write_requests(client, HISTORY + noise).inserted == len(HISTORY) + len(noise)
     finally:
         client.close()
-    run_dir = root / "run"
-    run_dir.mkdir()
-    (run_dir / "stack.json").write_text(json.dumps({
-        "bootstrap_servers": f"127.0.0.1:{free_port()}", "worker_web_host": "127.0.0.1",
-        "worker_web_port": free_port(), "gateway_url": "", "chdb_path": str(root / "chdb"),
-        "metrics_urls": []}))
-    return run_dir
+    return stopped_run_dir(root / "run", root / "chdb")
 
 
 def train(stack: Path, *args: str) -> subprocess.CompletedProcess:
