@@ -61,7 +61,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from urllib.parse import unquote_plus
 
 from mitmproxy import ctx, exceptions, http
 
@@ -69,6 +68,7 @@ from gatewatch.events import AnsweredBy, RequestEvent
 from gatewatch.settings import load_settings
 from inline import brokers
 from inline.flowstate import FlowFacts, answered, get_facts, json_answer
+from inline.redaction import redact_target
 from inline.routes import ensure_facts
 from gatewatch.spool import Spool, SpoolLocked
 
@@ -116,31 +116,11 @@ def error_status(flow: http.HTTPFlow) -> tuple[int, AnsweredBy]:
     return 502, "error"
 
 
-#: Query parameters whose values never reach an event (RFC 6750 §2.3 ``access_token``,
-#: and the usual names of keys, passwords and secrets), compared case-insensitively.
-SECRET_PARAMS = frozenset({"access_token", "id_token", "refresh_token", "token", "api_key", "apikey",
-                           "key", "password", "passwd", "pwd", "secret", "client_secret", "code"})
-
-
-def redact_query(path: str) -> str:
-    """``path`` with the values of :data:`SECRET_PARAMS` query parameters replaced by
-    ``REDACTED`` (names, order and other parameters kept; no decoding of the rest)."""
-    base, sep, query = path.partition("?")
-    if not sep:
-        return path
-    parts = []
-    for part in query.split("&"):
-        name, eq, _ = part.partition("=")
-        if eq and unquote_plus(name).strip().lower() in SECRET_PARAMS:
-            part = f"{name}=REDACTED"
-        parts.append(part)
-    return f"{base}?{'&'.join(parts)}"
-
-
 def build_event(flow: http.HTTPFlow, facts: FlowFacts, status: int, answered_by: AnsweredBy) -> RequestEvent:
     """The request event of ``flow`` from its facts, answered with ``status`` by ``answered_by``.
 
-    ``latency_ms`` is the upstream's time to answer (first response byte
+    ``path`` is the request target with its secrets replaced by ``REDACTED``
+    (:func:`inline.redaction.redact_target`). ``latency_ms`` is the upstream's time to answer (first response byte
     minus last request byte, ms; 0 when the gateway answered); ``bytes_in``
     and ``bytes_out`` are body sizes as transferred (before any
     content-encoding is undone).
@@ -155,7 +135,7 @@ def build_event(flow: http.HTTPFlow, facts: FlowFacts, status: int, answered_by:
         client_ip=facts.client_ip,
         method=_text(req.method, 32),
         host=_text(req.pretty_host, MAX_HOST),
-        path=_text(redact_query(req.path), MAX_PATH),
+        path=_text(redact_target(req.path), MAX_PATH),
         route=_text(facts.route, MAX_PATH),
         status=status,
         latency_ms=latency_ms,

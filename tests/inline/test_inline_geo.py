@@ -17,7 +17,7 @@ from gatewatch.events import Decision, parse_request_event
 from gatewatch.keys import add_key
 from gatewatch.netutil import free_port
 from gatewatch.settings import GatewatchSettings
-from inline.events_shipper import redact_query
+from inline.redaction import redact_query
 from inline_testkit import mitmdump, upstream_server
 
 LONDON_IP, GOOGLE_IP = "81.2.69.160", "8.8.8.8"  # GB / AS20712, US / AS15169 in DB-IP Lite
