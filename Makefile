@@ -7,8 +7,10 @@ BIN := $(VENV)/bin
 
 .PHONY: install system-deps demo test clean
 
-# Debian packages the tests start as real processes (Alertmanager, Redis); installed when missing.
-APT_PACKAGES := prometheus-alertmanager redis-server curl
+# Debian packages the tests start as real processes (Alertmanager, Redis), and the checkers of
+# the production stack's configuration (promtool from prometheus, amtool, nginx -t from
+# nginx-light: tests/test_compose.py); installed when missing.
+APT_PACKAGES := prometheus-alertmanager redis-server curl prometheus nginx-light
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
