@@ -31,7 +31,9 @@ Defaults (``GATEWATCH_MAX_HEADER_BYTES`` etc., :mod:`gatewatch.settings`):
 32 KiB of head — nginx's ``large_client_header_buffers 4 8k`` — 100 header
 fields — Apache's ``LimitRequestFields`` — and 10 MiB of body — AWS API
 Gateway's payload quota (nginx's ``client_max_body_size`` default is 1 MiB).
-HTTP/2 heads are bounded by the h2 library's frame limits, not by this addon.
+HTTP/2 heads are not bounded by this addon: the h2 connection's HPACK decoder
+refuses a header list above 64 KiB decompressed (``hpack`` 4,
+``DEFAULT_MAX_HEADER_LIST_SIZE``), and body limits apply as for HTTP/1.
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ naive way many back ends do — framing by ``Content-Length`` only, ignoring
 up as extra "request lines" here (the classic CL.TE desynchronisation,
 Linhart et al., "HTTP Request Smuggling", Watchfire 2005). It also keeps the
 raw bytes of each connection, so a test can assert that a smuggled request's
-marker never reached the upstream at all.
+marker never reached the upstream at all. It answers ``ok``, or N bytes to
+``GET /bytes/N``.
 
 Not a conftest: test modules import it directly.
 """
@@ -55,6 +56,15 @@ def _content_length(head: bytes) -> int:
     return 0
 
 
+def _answer(request_line: str) -> bytes:
+    """``ok``, or N bytes for ``GET /bytes/N`` (a response of a chosen size)."""
+    parts = request_line.split()
+    if len(parts) > 1 and parts[1].startswith("/bytes/") and parts[1][7:].isdigit():
+        body = b"r" * int(parts[1][7:])
+        return b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    return ANSWER
+
+
 def _serve_connection(conn: socket.socket, rec: Recording) -> None:
     raw = bytearray()
     with rec.lock:
@@ -90,7 +100,7 @@ def _serve_connection(conn: socket.socket, rec: Recording) -> None:
                 rec.request_lines.append(head.split(b"\r\n", 1)[0].decode("latin-1"))
                 rec.bodies.append(body)
             try:
-                conn.sendall(ANSWER)
+                conn.sendall(_answer(rec.request_lines[-1]))
             except OSError:
                 return
 

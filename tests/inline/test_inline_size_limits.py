@@ -4,7 +4,9 @@ Each oversized request gets its 4xx (431, 414 or 413) and a closed connection,
 never a 5xx; the upstream (a real socket server recording every byte) never
 receives it; the gateway keeps serving; a 413 is shipped as a request event
 with status 413 and refused heads are counted in
-``gatewatch_requests_rejected_total``. Both masters are tested:
+``gatewatch_requests_rejected_total``. A response above the body limit
+becomes a 502 (the limit bounds what the gateway buffers both ways). Both
+masters are tested:
 ``python -m inline.serve`` and ``mitmdump -s inline/gateway.py``.
 """
 
@@ -131,6 +133,19 @@ def test_body_at_the_limit_passes(gateway) -> None:
     assert statuses(exchange(s.listen_port, data)) == [200]
     index = rec.lines().index("POST /size/body-fits HTTP/1.1")
     assert len(rec.bodies[index]) == MAX_BODY
+
+
+def test_response_above_the_limit_is_a_502(gateway) -> None:
+    """The body limit bounds what the gateway buffers both ways: a larger upstream answer
+    becomes a 502 (shipped as such), one within the limit passes."""
+    s, rec = gateway
+    big, fits = f"/bytes/{MAX_BODY + 1}", f"/bytes/{MAX_BODY}"
+    for path, status in ((big, 502), (fits, 200)):
+        answer = exchange(s.listen_port, f"GET {path} HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n\r\n"
+                          .encode())
+        assert statuses(answer) == [status], answer[:200]
+    assert [(e.status, e.answered_by) for e in events_by_path(s, {big})[big]] == [(502, "error")]
+    still_serves(s, rec, "/after/bytes")
 
 
 def test_limits_are_options(tmp_path: Path) -> None:
