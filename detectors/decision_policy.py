@@ -62,7 +62,7 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 from gatewatch.decision_store import DecisionStore
-from gatewatch.events import Action, Decision, Detection
+from gatewatch.events import Action, Decision, Detection, decision_key
 from gatewatch.settings import DetectorPolicySettings, GatewatchSettings
 
 _ID_NAMESPACE = uuid.UUID("0b8f7e55-2c1d-4f4e-8a9b-5d2e7c3a1f10")
@@ -183,6 +183,30 @@ class DecisionPolicy:
         self._offences.pop(key, None)
         self._offences[key] = _Offences(count, decision.expires_at)
         return self._result(detection, decision, "decision")
+
+    def remember(self, decision: Decision) -> None:
+        """Take in a decision made before (read back from the decisions topic at start-up):
+        it is active until its ``expires_at`` and counts as an offence, its number
+        taken from ``evidence["escalation"]["offence"]`` (1 if absent). A later
+        detection of the same scope and value is then a ``duplicate`` while it lasts
+        and escalates after it, as if this policy had made it. Other actions (allow
+        entries) are not decisions of this policy and are ignored."""
+        if decision.action not in ACTION_RANK:
+            return
+        key = decision_key(decision.scope, decision.value)
+        escalation = decision.evidence.get("escalation") if isinstance(decision.evidence, dict) else None
+        try:
+            count = max(1, int(escalation.get("offence", 1))) if isinstance(escalation, dict) else 1
+        except (TypeError, ValueError):
+            count = 1
+        current = self._active.get(key)
+        if current is None or current[0] < decision.expires_at:
+            self._active.pop(key, None)
+            self._active[key] = (decision.expires_at, decision.action)
+        known = self._offences.get(key)
+        if known is None or known.last_expires < decision.expires_at:
+            self._offences.pop(key, None)
+            self._offences[key] = _Offences(count, decision.expires_at)
 
     @staticmethod
     def _result(detection: Detection, decision: Decision | None, outcome: Outcome,

@@ -59,6 +59,9 @@ def topic_partitions(settings: GatewatchSettings) -> dict[str, int]:
     so that one key's state lives on one partition; login attempts on one
     partition, so that the per-prefix/ASN/username/global windows of the
     credential-stuffing detector see every login.
+
+    Checkpoints (``streams/checkpoints.py``): the replay point of each request
+    partition, on one partition.
     """
     return {
         settings.topic_requests: settings.requests_partitions,
@@ -67,6 +70,7 @@ def topic_partitions(settings: GatewatchSettings) -> dict[str, int]:
         settings.topic_requests_by_principal: settings.requests_partitions,
         settings.topic_requests_by_route: settings.requests_partitions,
         settings.topic_logins: 1,
+        settings.topic_checkpoints: 1,
     }
 
 

@@ -426,6 +426,17 @@ class GatewatchSettings(BaseSettings):
     worker_web_port: int = 6066
     sink_batch_size: int = 500
     sink_batch_within_s: float = 0.5
+    # Request events waiting for the store (in memory, after detection) before the
+    # request consumer waits for the store to catch up (streams/sink.py RequestSink).
+    sink_max_pending_events: int = 100_000
+    # Batches ClickHouse refused wait here until it takes them (streams/store_spool.py);
+    # None: next to the chDB directory (chdb_path/../store-spool). One worker per directory.
+    store_spool_dir: Path | None = None
+    store_spool_max_bytes: int = 1024 * 1024 * 1024
+    # Request consumer (streams/requests_consumer.py): offsets and replay points are
+    # committed this often (s), after the store and the producer have taken the batches.
+    commit_interval_s: float = 1.0
+    topic_checkpoints: str = "gatewatch.checkpoints"
     credential_stuffing: CredentialStuffingSettings = CredentialStuffingSettings()
     bola: BolaSettings = BolaSettings()
     latency: LatencySettings = LatencySettings()

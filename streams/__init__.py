@@ -1,10 +1,14 @@
 """The gatewatch stream worker (Faust): topics, agents that run detectors and
 emit detections/decisions, the ClickHouse sink and the worker's read API.
 
+The request topic is read by ``requests_consumer`` (aiokafka batches: the hot
+path, parsed once), which hands each batch to ``detect_requests`` (per-IP
+credential stuffing, and re-keying (``rekey``) of what the other detectors
+need) and to the ClickHouse sink; it commits offsets and replay points
+(``checkpoints``) once both are done, so a restart rebuilds the windows exactly.
+
 Agents (one module each, thin: read a batch, call a detector, send results on):
 
-* ``detect_requests`` — the request stream (keyed by client IP): per-IP credential
-  stuffing, and re-keying (``rekey``) of what the other detectors need;
 * ``detect_logins`` — aggregate credential-stuffing rules over every login (one partition);
 * ``detect_bola`` — BOLA enumeration over requests re-keyed by principal;
 * ``detect_latency`` — latency regression over samples re-keyed by route;
@@ -13,7 +17,8 @@ Agents (one module each, thin: read a batch, call a detector, send results on):
 * ``detect_behaviour`` — behaviour outliers: per-principal 5-minute windows scored by the
   Isolation Forest that ``gatewatch train`` fitted (shadow by default; off without a model file);
 * ``alert`` — detections and decisions to Alertmanager or a webhook (when configured);
-* ``sink`` — requests, detections and decisions into ClickHouse.
+* ``sink`` — requests, detections and decisions into ClickHouse, through the
+  store spool (``store_spool``) while ClickHouse fails.
 
 Detections go through one decision policy (``decide``); merged re-keyed streams
 give their detectors a low watermark as clock (``watermarks``, ``merged``).

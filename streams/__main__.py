@@ -5,7 +5,7 @@ Importing the agent and view modules registers them on the app.
 
 # Importing registers the agents and views on the app.
 from streams import (  # noqa: F401
-    alert, detect_behaviour, detect_bola, detect_geo, detect_latency, detect_logins, detect_requests, metrics,
+    alert, detect_behaviour, detect_bola, detect_geo, detect_latency, detect_logins, metrics, requests_consumer,
     sink, web)
 from streams.app import app
 

@@ -21,6 +21,7 @@ Quirks designed around (measured, DESIGN.md):
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
@@ -57,6 +58,15 @@ class GatewatchApp(faust.App):
     async def on_start(self) -> None:
         await super().on_start()
         await store.open()  # before the consumer starts: no traffic waits for chDB start-up
+
+    #: Called (in order) when the app stops, before Faust stops its consumer and producer:
+    #: services outside Faust's agents (the request consumer) flush and commit here.
+    before_stop: list[Callable[[], Awaitable[None]]] = []
+
+    async def on_stop(self) -> None:
+        for stop in self.before_stop:
+            await stop()
+        await super().on_stop()
 
     async def on_shutdown(self) -> None:
         await super().on_shutdown()

@@ -1,11 +1,10 @@
-"""Agent: the request stream (keyed by client IP) — per-IP credential stuffing, and
+"""The request stream (keyed by client IP): per-IP credential stuffing, and
 re-keying for the detectors keyed otherwise (:mod:`streams.rekey`).
 
-Batches of up to ``detector_batch_size`` events, or what arrived within
-``detector_batch_within_s`` (a few ms: the decision path waits on it). Each
-event is parsed once; malformed ones are counted (``detector_skipped_malformed``)
-and skipped. Detections go out first (:func:`streams.decide.publish`), then
-the re-keyed batches.
+The request consumer (:mod:`streams.requests_consumer`) reads the topic and
+parses each event once; :func:`handle` gets each parsed batch. Detections go
+out first (:func:`streams.decide.publish`), then the re-keyed batches.
+:func:`warm` rebuilds the windows after a restart without emitting anything.
 
 One detector per source partition: each partition is one in-order stream and
 holds every event of its IPs (the gateway keys by IP), so ``now`` is the
@@ -25,16 +24,17 @@ re-keyed topics, the progress of what it has sent.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 from detectors.credential_stuffing import CredentialStuffingDetector
 from gatewatch.broker import topic_partitions
-from gatewatch.events import Detection, RequestEvent, parse_request_event
+from gatewatch.events import Detection, RequestEvent
 from streams import counters
 from streams.app import app, settings
 from streams.decide import detect_each, publish
 from streams.rekey import Rekeyed, pack_event_progress, pack_events, pack_samples, sort_event
-from streams.topics import by_principal_topic, by_route_topic, logins_topic, parse_or_count, requests_topic
+from streams.topics import by_principal_topic, by_route_topic, logins_topic
 
 #: Seconds (processing time) between progress messages to every re-keyed partition.
 PROGRESS_EVERY_S = 1.0
@@ -44,6 +44,7 @@ REKEY_FLUSH_EVENTS = 1000
 #: few ms would make a message per few events; BOLA and latency see events this much later.
 REKEY_FLUSH_S = 0.02
 
+log = logging.getLogger(__name__)
 PARTITIONS = topic_partitions(settings)
 detectors: dict[int, CredentialStuffingDetector] = {}  # source partition -> per-IP detector
 progress: dict[int, float] = {}  # source partition -> newest event time processed (epoch s)
@@ -72,29 +73,43 @@ def _detector(partition: int) -> CredentialStuffingDetector:
     return detector
 
 
-@app.agent(requests_topic)
-async def detect_requests(stream):  # type: ignore[no-untyped-def]
-    """Consume request events in batches; emit per-IP detections; re-key the rest."""
-    async for batch in stream.take_events(settings.detector_batch_size,
-                                          within=settings.detector_batch_within_s):
-        parsed: list[tuple[int, RequestEvent, bytes]] = []
-        for item in batch:
-            event = parse_or_count(parse_request_event, item.value, "detector_skipped_malformed")
-            if event is not None:
-                partition = item.message.partition
-                parsed.append((partition, event, item.value))
-                epoch = event.ts.timestamp()
-                if epoch > progress.get(partition, 0.0):
-                    progress[partition] = epoch
-        counters.incr("events_requests", len(batch))
-        await publish(detect_each(_per_ip, parsed, "credential-stuffing (ip)"))
-        if parsed and not _pending.events:
-            _pending.since = time.monotonic()
-        for _, event, raw in parsed:
-            sort_event(_pending.rekeyed, event, raw)
-        _pending.events += len(parsed)
-        if _pending.events >= REKEY_FLUSH_EVENTS or time.monotonic() - _pending.since >= REKEY_FLUSH_S:
-            await _flush()
+async def handle(parsed: list[tuple[int, RequestEvent, bytes]]) -> None:
+    """Handle one batch of parsed events ``(partition, event, raw JSON)`` in offset order
+    per partition: per-IP detections out first, then the events re-keyed."""
+    for partition, event, _ in parsed:
+        epoch = event.ts.timestamp()
+        if epoch > progress.get(partition, 0.0):
+            progress[partition] = epoch
+    await publish(detect_each(_per_ip, parsed, "credential-stuffing (ip)"))
+    if parsed and not _pending.events:
+        _pending.since = time.monotonic()
+    for _, event, raw in parsed:
+        sort_event(_pending.rekeyed, event, raw)
+    _pending.events += len(parsed)
+    if _pending.events >= REKEY_FLUSH_EVENTS or time.monotonic() - _pending.since >= REKEY_FLUSH_S:
+        await _flush()
+
+
+def warm(parsed: list[tuple[int, RequestEvent, bytes]]) -> None:
+    """Feed already-handled events to the per-IP windows only (a restart's replay,
+    :mod:`streams.checkpoints`): their detections were sent before, nothing is emitted."""
+    for partition, event, _ in parsed:
+        try:
+            _detector(partition).process(event, now=event.ts)
+        except Exception:
+            counters.incr("detector_errors")
+            log.exception("credential-stuffing (ip) detector failed warming on %s", event.event_id)
+
+
+def forget(partition: int) -> None:
+    """Drop the windows of a partition this worker no longer reads."""
+    detectors.pop(partition, None)
+
+
+async def flush() -> None:
+    """Send every waiting re-keyed event now (before offsets are committed)."""
+    if _pending.events:
+        await _flush()
 
 
 @app.timer(REKEY_FLUSH_S)

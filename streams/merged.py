@@ -3,11 +3,16 @@ the request partitions: each message's events go through the detector with ``now
 = the low watermark of its partition *before* this batch (:mod:`streams.watermarks`),
 so state a lagging source still needs is never forgotten; then the batch's
 progress reports move the watermarks on.
+
+Several agents read the by-principal topic (BOLA, geo, behaviour): a message is
+parsed once and its unpacked batch kept for the others in a small cache of the
+last :data:`UNPACKED_CACHE` messages (a miss only parses again).
 """
 
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
@@ -16,12 +21,36 @@ from gatewatch.events import Detection
 from streams import counters
 from streams.app import settings
 from streams.decide import detect_each
-from streams.rekey import unpack_events
+from gatewatch.events import MalformedRecord
+from streams.rekey import EventBatch, unpack_events
 from streams.topics import parse_or_count
 from streams.watermarks import SourceWatermarks, to_datetime
 
 #: A request partition silent for this long (processing time, s) no longer holds back a watermark.
 SOURCE_IDLE_S = 10.0
+#: Unpacked re-keyed messages kept for the other agents of the same topic.
+UNPACKED_CACHE = 64
+
+_unpacked: OrderedDict[tuple[str, int, int], EventBatch | MalformedRecord] = OrderedDict()
+
+
+def unpack_once(item: Any) -> EventBatch:
+    """The unpacked batch of a Faust event of a re-keyed topic, parsed once for every agent
+    that reads it (see the module docstring). Raises :class:`MalformedRecord`."""
+    message = item.message
+    key = (message.topic, message.partition, message.offset)
+    found = _unpacked.get(key)
+    if found is None:
+        try:
+            found = unpack_events(item.value)
+        except MalformedRecord as exc:
+            found = exc
+        _unpacked[key] = found
+        if len(_unpacked) > UNPACKED_CACHE:
+            _unpacked.popitem(last=False)
+    if isinstance(found, MalformedRecord):
+        raise found
+    return found
 
 
 class MergedInput:
@@ -38,7 +67,7 @@ class MergedInput:
         found: list[Detection] = []
         reports = []
         for item in items:
-            batch = parse_or_count(unpack_events, item.value, f"malformed_{self.kind}")
+            batch = parse_or_count(lambda _: unpack_once(item), item.value, f"malformed_{self.kind}")
             if batch is None:
                 continue
             partition = item.message.partition

@@ -1,4 +1,5 @@
-"""The worker's topics. Values are raw bytes (``value_serializer='raw'``): records
+"""The worker's Faust topics (the request topic itself is read by
+:mod:`streams.requests_consumer`). Values are raw bytes (``value_serializer='raw'``): records
 are parsed with :mod:`gatewatch.events` so that a malformed message is counted
 and skipped instead of crashing an agent.
 
@@ -28,13 +29,13 @@ from streams.app import app, settings
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-requests_topic = app.topic(settings.topic_requests, key_serializer="raw", value_serializer="raw")
 detections_topic = app.topic(settings.topic_detections, key_serializer="raw", value_serializer="raw")
 decisions_topic = app.topic(settings.topic_decisions, key_serializer="raw", value_serializer="raw")
 by_principal_topic = app.topic(settings.topic_requests_by_principal, key_serializer="raw",
                                value_serializer="raw")
 by_route_topic = app.topic(settings.topic_requests_by_route, key_serializer="raw", value_serializer="raw")
 logins_topic = app.topic(settings.topic_logins, key_serializer="raw", value_serializer="raw")
+checkpoints_topic = app.topic(settings.topic_checkpoints, key_serializer="raw", value_serializer="raw")
 
 decision_signer = DecisionSigner.from_settings(settings)
 decision_verifier = DecisionVerifier.from_settings(settings)
@@ -54,21 +55,6 @@ def parse_or_count(parser: Callable[[bytes], T], value: bytes | None, counter: s
         counters.incr(counter)
         log.warning("skipped malformed message (%s): %s", counter, str(exc)[:200])
         return None
-
-
-def parse_many(parser: Callable[[bytes], T], values: Iterable[bytes | None], kind: str) -> list[T]:
-    """Parse every value of a batch from topic ``kind`` (requests, detections, decisions),
-    skipping malformed ones (counted as ``malformed_<kind>``) and tombstones
-    (``tombstones_<kind>``)."""
-    out: list[T] = []
-    for value in values:
-        if value is None:
-            counters.incr(f"tombstones_{kind}")
-            continue
-        record = parse_or_count(parser, value, f"malformed_{kind}")
-        if record is not None:
-            out.append(record)
-    return out
 
 
 def verified_decisions(events: Iterable[Any], count: bool = True) -> list[Any]:

@@ -2,9 +2,10 @@
 other processes (CLI, demo, tests) read through here.
 
 * ``GET /gatewatch/health/`` → ``{"ready": bool, "store_open": bool,
-  "assigned_partitions": int, "fetch_max_wait_ms": int|null, "store": {...},
-  "counters": {...}}``; ``ready`` means the store is open and the consumer has
-  partitions assigned.
+  "assigned_partitions": int, "request_partitions": [int], "sink_pending_events": int,
+  "store_spool_bytes": int, "fetch_max_wait_ms": int|null, "store": {...},
+  "counters": {...}}``; ``ready`` means the store is open, the Faust consumer has
+  partitions assigned and the request consumer has joined its group.
 * ``GET /gatewatch/query/{name}/?param=value`` → ``{"columns": [...], "rows": [[...]]}``
   from :func:`storage.queries.run_query`, run on the store's thread;
   unknown name → 404, bad parameters → 400, store not open → 503, all JSON
@@ -20,13 +21,16 @@ from storage.queries import QUERIES, QueryParamError, UnknownQuery
 from streams import counters
 from streams.app import app, store
 from streams.fetch_wait import live_fetch_max_wait_ms
+from streams.requests_consumer import requests_consumer
+from streams.sink import store_spool
 from streams.store import StoreNotReady
 
 log = logging.getLogger(__name__)
 
 
 def assigned_partitions() -> int:
-    """Number of topic partitions currently assigned to this worker (0 before the join)."""
+    """Number of topic partitions currently assigned to this worker's Faust consumer
+    (0 before the join)."""
     try:
         return len(app.consumer.assignment())
     except Exception:  # consumer not started yet
@@ -36,10 +40,14 @@ def assigned_partitions() -> int:
 def health_payload() -> dict[str, Any]:
     """The body of ``/gatewatch/health/``."""
     assigned = assigned_partitions()
+    request_partitions = sorted(requests_consumer.assigned)
     return {
-        "ready": store.ready and assigned > 0,
+        "ready": store.ready and assigned > 0 and requests_consumer.joined,
         "store_open": store.ready,
-        "assigned_partitions": assigned,
+        "assigned_partitions": assigned + len(request_partitions),
+        "request_partitions": request_partitions,
+        "sink_pending_events": requests_consumer.sink.pending,
+        "store_spool_bytes": store_spool().pending_bytes,
         "fetch_max_wait_ms": live_fetch_max_wait_ms(app),
         "store": store.describe(),
         "counters": counters.snapshot(),

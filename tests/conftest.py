@@ -17,6 +17,8 @@ import pytest
 from gatewatch.broker import create_topics, start_tansu
 from gatewatch.netutil import free_port, wait_for_port
 from gatewatch.settings import GatewatchSettings, load_settings
+from storage.client import get_client
+from storage.migrations import migrate
 
 
 @pytest.fixture
@@ -76,3 +78,21 @@ def alertmanager(tmp_path: Path) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@pytest.fixture
+def store_settings(tmp_path: Path) -> GatewatchSettings:
+    """Settings of an embedded chDB store in ``tmp_path``."""
+    return load_settings(chdb_path=tmp_path / "chdb", clickhouse_url=None)
+
+
+@pytest.fixture
+def store(store_settings: GatewatchSettings):
+    """A real chDB store in ``tmp_path``, migrated, closed afterwards (chDB allows one
+    data path per process at a time, so each test closes its client)."""
+    client = get_client(store_settings)
+    try:
+        migrate(client)
+        yield client
+    finally:
+        client.close()
