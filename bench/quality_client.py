@@ -191,11 +191,14 @@ class Player:
             self.log.latency_changes.append((actor.name, time.time(), ms))
 
 
-async def follow_requests(settings: GatewatchSettings, seen_at: dict[str, float], fetch_max_wait_ms: int = 5) -> int:
+async def follow_requests(settings: GatewatchSettings, seen_at: dict[str, float], created_at: dict[str, float],
+                          fetch_max_wait_ms: int = 5) -> int:
     """Until cancelled, note in ``seen_at`` the wall-clock time (``time.time()``) at which
-    each request event (by event id) is read from ``settings.topic_requests``: every
-    partition from the beginning, no consumer group (never "latest" on Tansu). A short
-    fetch wait (ms) keeps this follower's own delay small. Returns the malformed count."""
+    each request event (by event id) is read from ``settings.topic_requests``, and in
+    ``created_at`` its Kafka timestamp (s; CreateTime, set when the gateway handed it to its
+    producer): every partition from the beginning, no consumer group (never "latest" on
+    Tansu). A short fetch wait (ms) keeps this follower's own delay small. Returns the
+    malformed count."""
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False,
                                 fetch_max_wait_ms=fetch_max_wait_ms)
     await consumer.start()
@@ -206,7 +209,9 @@ async def follow_requests(settings: GatewatchSettings, seen_at: dict[str, float]
         await consumer.seek_to_beginning(*parts)
         async for msg in consumer:
             try:
-                seen_at.setdefault(parse_request_event(msg.value).event_id, time.time())
+                event_id = parse_request_event(msg.value).event_id
+                seen_at.setdefault(event_id, time.time())
+                created_at.setdefault(event_id, msg.timestamp / 1000.0)
             except MalformedRecord:
                 malformed += 1
     finally:

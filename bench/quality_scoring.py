@@ -31,12 +31,18 @@ stamps events with, on the same machine):
   ``ts`` to the event time of the request that made their window cross the
   threshold; that request is named (``trigger_request_id``: the sample request
   id whose stored ``ts`` equals it; the store keeps ms, so times are ±1 ms);
-* *event / detection / decision seen* = when the harness's topic followers
-  read the trigger's request event, the detection and its decision: the legs
-  of the loop from threshold to 403;
-* *threshold → first 403* = receipt of the first 403 (ban) at the client −
-  threshold crossing. For a slow attacker it includes the wait for its next
-  request; the target uses the fast (≥ :data:`FAST_RATE_PER_S` planned) runs;
+* the legs of the loop: *event created* = the trigger's request event's Kafka
+  timestamp (the gateway handed it to its producer after the upstream
+  answered); *event / detection / decision seen* = when the harness's topic
+  followers read that event, the detection and its decision (they run in the
+  harness process, so a busy harness adds to them);
+* *threshold → first 403* = the stored ``ts`` (gateway receive time) of the
+  first request the gateway answered 403 by a decision − threshold crossing:
+  when enforcement was in force at the gateway, to within one inter-request gap
+  of the attacker (6.7 ms at 150 req/s); for a slow attacker it includes the
+  wait for its next request, so the target uses the fast (≥
+  :data:`FAST_RATE_PER_S` planned) runs. *… (client)* = when the harness
+  received that 403 (adds the answer's way back and the harness's own delays);
 * *answered before the first block* = its requests answered by the upstream
   with a stored ``ts`` before the first request a decision answered; *foreign
   objects* = those of them that returned another owner's object;
@@ -178,14 +184,16 @@ class _Run:
     def benign_owner(self, key: str) -> str | None:
         return next((a.name for a in self.actors.values() if not a.attack and key in a.keys), None)
 
-    def trigger(self, det: StoredDetection) -> str | None:
-        """The sample request whose stored ts is the detection's ts (the threshold crossing)."""
-        best = None
-        for event_id in det.sample_event_ids:
-            req = self.stored.get(event_id)
-            if req is not None and abs(req.ts - det.ts) < 0.0015 and (best is None or req.ts >= best.ts):
-                best = req
-        return best.event_id if best else None
+    def trigger(self, det: StoredDetection, actor: str) -> str | None:
+        """The request whose stored ts is the detection's ts (the threshold crossing): among
+        the detection's sample requests, else among ``actor``'s own (a BOLA trigger that was
+        answered 200 is not a "denied" sample). None when neither has one (a latency window
+        closes on time, not on a request)."""
+        def closest(ids: Iterable[str]) -> str | None:
+            near = [r for r in (self.stored.get(i) for i in ids) if r is not None and abs(r.ts - det.ts) < 0.0015]
+            return min(near, key=lambda r: (abs(r.ts - det.ts), r.event_id)).event_id if near else None
+        return (closest(det.sample_event_ids)
+                or closest(o.request_id for o in self.by_actor.get(actor, []) if o.request_id))
 
     def block_of(self, o: Outcome) -> tuple[str | None, str | None]:
         """(kind, decision id) when a decision answered ``o``: from the store, else the client."""
@@ -208,7 +216,7 @@ def _rule(det: StoredDetection) -> Any:
 
 
 def _attack_row(run: _Run, actor: Actor, tps: list[StoredDetection], decisions: dict[str, StoredDecision],
-                seen_at: dict[str, float]) -> dict[str, Any]:
+                seen_at: dict[str, float], created_at: dict[str, float]) -> dict[str, Any]:
     mine = run.by_actor.get(actor.name, [])
     start = run.span.get(actor.name, (None, None))[0]
     first = min(tps, key=lambda d: d.ts) if tps else None
@@ -223,7 +231,7 @@ def _attack_row(run: _Run, actor: Actor, tps: list[StoredDetection], decisions: 
     decision = decision if decision is not None and decision.detection_id in by_id else (own[0] if own else None)
     enforced = by_id[decision.detection_id] if decision is not None else first
     threshold = enforced.ts if enforced else None
-    trigger = enforced and run.trigger(enforced)
+    trigger = enforced and run.trigger(enforced, actor.name)
     block_ts = run.stored_ts(first_block[0]) if first_block else math.inf
     before = [o for o in mine if run.answered_by_upstream(o) and run.stored_ts(o) < block_ts]
     after = ([o for o in mine if run.answered_by_upstream(o) and run.stored_ts(o) > threshold + 0.0005]
@@ -248,6 +256,7 @@ def _attack_row(run: _Run, actor: Actor, tps: list[StoredDetection], decisions: 
                                              "rule": _rule(enforced)},
         "trigger_request_id": trigger,
         "start_to_threshold_s": None if threshold is None or start is None else round(threshold - start, 3),
+        "threshold_to_event_created_ms": _ms(threshold, created_at.get(trigger or "")),
         "threshold_to_event_seen_ms": _ms(threshold, seen_at.get(trigger or "")),
         "threshold_to_detection_seen_ms": _ms(threshold, enforced and seen_at.get(enforced.detection_id)),
         "decision": decision and {"id": decision.id, "scope": decision.scope, "action": decision.action},
@@ -255,7 +264,8 @@ def _attack_row(run: _Run, actor: Actor, tps: list[StoredDetection], decisions: 
         "first_block": first_block and first_block[1],
         "start_to_first_403_s": None if first_403 is None or start is None
         else round(first_403.received_at - start, 3),
-        "threshold_to_first_403_ms": _ms(threshold, first_403 and first_403.received_at),
+        "threshold_to_first_403_ms": _ms(threshold, first_403 and run.stored_ts(first_403)),
+        "threshold_to_first_403_client_ms": _ms(threshold, first_403 and first_403.received_at),
         "answered_before_first_block": len(before),
         "foreign_objects_before_first_block": sum(o.foreign for o in before),
         "foreign_objects_total": sum(o.foreign for o in mine),
@@ -267,9 +277,13 @@ def _attack_row(run: _Run, actor: Actor, tps: list[StoredDetection], decisions: 
 
 def score(actors: list[Actor], outcomes: list[Outcome], latency_changes: list[tuple[str, float, float]],
           stored: dict[str, StoredRequest], detections: list[StoredDetection], decisions: list[StoredDecision],
-          seen_at: dict[str, float]) -> dict[str, Any]:
+          seen_at: dict[str, float], created_at: dict[str, float] | None = None) -> dict[str, Any]:
     """All figures of one run (see the module docstring): ``detectors``, ``attacks``,
-    ``benign``, ``false_positive_detections``, ``targets``, ``totals``."""
+    ``benign``, ``false_positive_detections``, ``targets``, ``totals``.
+
+    ``seen_at``: wall-clock time at which the harness's followers read each request
+    event, detection and decision (by id); ``created_at``: each request event's Kafka
+    timestamp (when the gateway handed it to its producer), by event id."""
     run = _Run(actors, outcomes, latency_changes, stored, detections)
     decision_by_id = {d.id: d for d in decisions}
     tps: dict[str, list[StoredDetection]] = defaultdict(list)
@@ -289,7 +303,8 @@ def score(actors: list[Actor], outcomes: list[Outcome], latency_changes: list[tu
                         "on": run.benign_owner(det.key) or "unlabelled",
                         "rule": det.evidence.get("rule") or det.evidence.get("kind")})
 
-    attack_rows = [_attack_row(run, a, tps.get(a.name, []), decision_by_id, seen_at) for a in actors if a.attack]
+    attack_rows = [_attack_row(run, a, tps.get(a.name, []), decision_by_id, seen_at, created_at or {})
+                   for a in actors if a.attack]
 
     benign_rows = []
     fp_blocks: dict[str, set[str]] = defaultdict(set)
@@ -359,9 +374,10 @@ def targets(attacks: list[dict[str, Any]], benign: list[dict[str, Any]]) -> list
          "met": recall is not None and recall >= TARGET_RECALL},
         {"target": "zero benign actors blocked", "figure": len(blocked),
          "detail": f"blocked: {blocked}", "met": not blocked},
-        {"target": f"median threshold -> first 403 <= {TARGET_MEDIAN_TO_403_MS:g} ms (fast runs)",
+        {"target": f"median threshold -> first 403 <= {TARGET_MEDIAN_TO_403_MS:g} ms (fast runs, gateway clock)",
          "figure": median_403,
-         "detail": f"{len(fast_bans)} fast runs: {[r['threshold_to_first_403_ms'] for r in fast_bans]}",
+         "detail": f"{len(fast_bans)} fast runs: {[r['threshold_to_first_403_ms'] for r in fast_bans]}; at the "
+                   f"client: median {median_or_inf(r['threshold_to_first_403_client_ms'] for r in fast_bans)}",
          "met": median_403 is not None and median_403 <= TARGET_MEDIAN_TO_403_MS},
         {"target": f"at >= {FAST_RATE_PER_S:g} req/s, <= {TARGET_ANSWERED_AFTER_THRESHOLD} answered after threshold",
          "figure": worst_after,
