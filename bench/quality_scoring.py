@@ -33,9 +33,10 @@ stamps events with, on the same machine):
   id whose stored ``ts`` equals it; the store keeps ms, so times are ±1 ms);
 * the legs of the loop: *event created* = the trigger's request event's Kafka
   timestamp (the gateway handed it to its producer after the upstream
-  answered); *event / detection / decision seen* = when the harness's topic
-  followers read that event, the detection and its decision (they run in the
-  harness process, so a busy harness adds to them);
+  answered); *detection / decision published* = their Kafka timestamps (the
+  worker handed them to its producer); *… seen* = when the harness's topic
+  followers read them (they run in the harness process, so a busy harness
+  adds to those);
 * *threshold → first 403* = the stored ``ts`` (gateway receive time) of the
   first request the gateway answered 403 by a decision − threshold crossing:
   when enforcement was in force at the gateway, to within one inter-request gap
@@ -258,8 +259,10 @@ def _attack_row(run: _Run, actor: Actor, tps: list[StoredDetection], decisions: 
         "start_to_threshold_s": None if threshold is None or start is None else round(threshold - start, 3),
         "threshold_to_event_created_ms": _ms(threshold, created_at.get(trigger or "")),
         "threshold_to_event_seen_ms": _ms(threshold, seen_at.get(trigger or "")),
+        "threshold_to_detection_published_ms": _ms(threshold, enforced and created_at.get(enforced.detection_id)),
         "threshold_to_detection_seen_ms": _ms(threshold, enforced and seen_at.get(enforced.detection_id)),
         "decision": decision and {"id": decision.id, "scope": decision.scope, "action": decision.action},
+        "threshold_to_decision_published_ms": _ms(threshold, decision and created_at.get(decision.id)),
         "threshold_to_decision_seen_ms": _ms(threshold, decision and seen_at.get(decision.id)),
         "first_block": first_block and first_block[1],
         "start_to_first_403_s": None if first_403 is None or start is None
@@ -282,8 +285,8 @@ def score(actors: list[Actor], outcomes: list[Outcome], latency_changes: list[tu
     ``benign``, ``false_positive_detections``, ``targets``, ``totals``.
 
     ``seen_at``: wall-clock time at which the harness's followers read each request
-    event, detection and decision (by id); ``created_at``: each request event's Kafka
-    timestamp (when the gateway handed it to its producer), by event id."""
+    event, detection and decision (by id); ``created_at``: their Kafka timestamps (when
+    the gateway, or the worker, handed them to its producer), by id."""
     run = _Run(actors, outcomes, latency_changes, stored, detections)
     decision_by_id = {d.id: d for d in decisions}
     tps: dict[str, list[StoredDetection]] = defaultdict(list)

@@ -53,17 +53,23 @@ class TopicWatch:
     Decision messages count only when their signature verifies (:mod:`gatewatch.signing`);
     the others are counted in ``unsigned`` (none, or one that does not verify).
     ``seen_at`` maps each detection id and decision id to the wall-clock time
-    (``time.time()``, s) at which this follower received it."""
+    (``time.time()``, s) at which this follower received it, ``published_at`` to its
+    Kafka timestamp (s; CreateTime: when the worker handed it to its producer)."""
 
     def __init__(self, settings: GatewatchSettings) -> None:
         self.settings = settings
         self.verifier = DecisionVerifier.from_settings(settings)
         self.detections = 0
         self.seen_at: dict[str, float] = {}
+        self.published_at: dict[str, float] = {}
         self.decisions: dict[str, datetime] = {}  # key -> expires_at
         self.decisions_seen = 0
         self.malformed = 0
         self.unsigned = 0
+
+    def _note(self, record_id: str, timestamp_ms: int) -> None:
+        self.seen_at.setdefault(record_id, time.time())
+        self.published_at.setdefault(record_id, timestamp_ms / 1000.0)
 
     def active_decisions(self) -> int:
         """Decisions whose ``expires_at`` is still ahead."""
@@ -85,7 +91,7 @@ class TopicWatch:
                 if msg.topic == self.settings.topic_detections:
                     self.detections += 1
                     try:
-                        self.seen_at.setdefault(parse_detection(msg.value).detection_id, time.time())
+                        self._note(parse_detection(msg.value).detection_id, msg.timestamp)
                     except MalformedRecord:
                         self.malformed += 1
                 elif self.verifier.rejects(msg.key, msg.value, msg.headers) is not None:
@@ -100,7 +106,7 @@ class TopicWatch:
                         continue
                     self.decisions_seen += 1
                     self.decisions[decision.key()] = decision.expires_at
-                    self.seen_at.setdefault(decision.id, time.time())
+                    self._note(decision.id, msg.timestamp)
         finally:
             await consumer.stop()
 
