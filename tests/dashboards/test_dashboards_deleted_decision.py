@@ -24,7 +24,7 @@ from dashboards.macros import QueryContext, expand
 from gatewatch.netutil import free_port
 from gatewatch.settings import GatewatchSettings
 from storage.client import get_client
-from tests.streams.worker_harness import Worker, wait_for
+from tests.streams.worker_harness import Worker, running_worker, wait_for
 
 GATEWATCH = str(Path(sys.executable).parent / "gatewatch")
 BANNED = "203.0.113.140"
@@ -48,12 +48,8 @@ def worker(settings: GatewatchSettings, alertmanager: str, tmp_path: Path):
     s = settings.model_copy(update={
         "worker_web_port": free_port(), "sink_batch_within_s": 0.2,
         "alerting": settings.alerting.model_copy(update={"alertmanager_url": alertmanager})})
-    w = Worker(s, tmp_path)
-    try:
-        w.start()
+    with running_worker(s, tmp_path) as w:
         yield w
-    finally:
-        assert w.stop() == 0, w.log_tail()
 
 
 def active_ids(settings: GatewatchSettings, at: datetime) -> set[str]:
