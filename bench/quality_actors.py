@@ -12,7 +12,9 @@ Benign actors (none may be blocked):
 * ``user``: 20 people, each from its own address (anywhere), API key and
   session: a login (a typo first 30 % of the time), then reads of their own
   profile, orders and documents, now and then a stale link to one of two
-  orders that no longer exist (404), every 0.4–1.2 s.
+  orders that no longer exist (404), every 0.4–1.2 s; one more login between
+  40 % and 90 % of the run (an expired session), when attacked usernames may
+  be under a throttle.
 * ``nat-office``: 300 people behind one corporate address (Germany) sharing
   the office app's API key; each comes once, logs in (12 % typo first), reads
   3–8 of its own things at 1–3 s intervals, leaves — a normal login success
@@ -224,22 +226,32 @@ class _Builder:
 
     # -- benign ------------------------------------------------------------------------
 
+    def log_in(self, uid: int, ip: str, typo: float, delay_s: float) -> list[Step]:
+        """A login after ``delay_s``, preceded with probability ``typo`` by a wrong password."""
+        user = f"user{uid}"
+        steps = []
+        if self.rng.random() < typo:
+            steps.append(Step(delay_s, ip, "POST", "/login", {"username": user, "password": "typo"}))
+            delay_s = 2.0
+        return steps + [_login(ip, user, password_for(user), delay_s)]
+
     def browse(self, uid: int, ip_at: Callable[[float], str], start_s: float, until_s: float,
-               think: tuple[float, float], typo: float, reads: int | None = None) -> tuple[Step, ...]:
+               think: tuple[float, float], typo: float, reads: int | None = None,
+               relogin_at: float | None = None) -> tuple[Step, ...]:
         """A person: log in (a typo first with probability ``typo``), list their orders, then
-        read their own things every ``think`` s until ``until_s`` (or ``reads`` reads)."""
-        rng, user = self.rng, f"user{uid}"
+        read their own things every ``think`` s until ``until_s`` (or ``reads`` reads); log in
+        again once past ``relogin_at`` (a session that expired)."""
+        rng = self.rng
         orders, docs = self.data.orders_of(uid), self.data.documents_of(uid)
         stale = [rng.randint(90_000, 99_999) for _ in range(2)]
         t = start_s
-        steps = []
-        if rng.random() < typo:
-            steps.append(Step(0.0, ip_at(t), "POST", "/login", {"username": user, "password": "typo"}))
-            t += 2.0
-        steps += [_login(ip_at(t), user, password_for(user), 2.0 if steps else 0.0),
-                  _get(ip_at(t), f"/users/{uid}/orders", 0.3)]
+        steps = self.log_in(uid, ip_at(t), typo, 0.0)
+        steps.append(_get(ip_at(t), f"/users/{uid}/orders", 0.3))
         n = 0
         while t < until_s and (reads is None or n < reads):
+            if relogin_at is not None and t >= relogin_at:
+                steps += self.log_in(uid, ip_at(t), typo, 0.5)
+                relogin_at = None
             wait = rng.uniform(*think)
             t += wait
             n += 1
@@ -261,7 +273,8 @@ class _Builder:
                ip_at: Callable[[float], str] | None = None) -> Actor:
         """A person with their own key, from ``ips[0]`` (or ``ip_at(t)``) for the whole run."""
         key_id = self.key(f"key_user{uid}", f"user{uid}")
-        steps = self.browse(uid, ip_at or (lambda _t: ips[0]), 0.0, self.d, (0.4, 1.2), 0.3)
+        steps = self.browse(uid, ip_at or (lambda _t: ips[0]), 0.0, self.d, (0.4, 1.2), 0.3,
+                            relogin_at=self.rng.uniform(0.4, 0.9) * self.d)
         return Actor(name, kind, False, (Script(0.0, steps, uid, key_id),),
                      keys=self.identity(ips, key_id, [f"user{uid}"]))
 

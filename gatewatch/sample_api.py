@@ -119,6 +119,16 @@ def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
+async def _fields(request: web.Request, *names: str) -> list[str] | None:
+    """The members ``names`` of the request's JSON object body as text, or None when the
+    body is not JSON or lacks one (the caller answers 400)."""
+    try:
+        body = json.loads(await request.read())
+        return [str(body[name]) for name in names]
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def make_app(data: SampleData | None = None, unchecked: Iterable[str] = (),
              control: bool = False) -> web.Application:
     """Build the aiohttp application over ``data`` (generated with defaults if None).
@@ -149,11 +159,10 @@ def make_app(data: SampleData | None = None, unchecked: Iterable[str] = (),
 
     @routes.post("/login")
     async def login(request: web.Request) -> web.Response:
-        try:
-            body = json.loads(await request.read())
-            username, password = str(body["username"]), str(body["password"])
-        except (ValueError, KeyError, TypeError):
+        fields = await _fields(request, "username", "password")
+        if fields is None:
             return _error(400, "body must be JSON with username and password")
+        username, password = fields
         user_id = data.users.get(username)
         # Bytes: compare_digest refuses str with non-ASCII characters (TypeError, a 500).
         if user_id is None or not secrets.compare_digest(password.encode(), password_for(username).encode()):
@@ -219,13 +228,16 @@ def make_app(data: SampleData | None = None, unchecked: Iterable[str] = (),
     if control:
         @routes.put("/_control/latency")
         async def set_latency(request: web.Request) -> web.Response:
-            try:
-                body = json.loads(await request.read())
-                route, ms = str(body["route"]), float(body["ms"])
-            except (ValueError, KeyError, TypeError):
+            fields = await _fields(request, "route", "ms")
+            if fields is None:
                 return _error(400, "body must be JSON with route (a template) and ms (a number)")
-            if ms < 0:
-                return _error(400, "ms must be >= 0")
+            route, ms_text = fields
+            try:
+                ms = float(ms_text)
+            except ValueError:
+                return _error(400, "ms must be a number")
+            if not 0 <= ms <= 60_000:  # also refuses NaN and infinity
+                return _error(400, "ms must be within 0..60000")
             if ms == 0:
                 delays_ms.pop(route, None)
             else:
