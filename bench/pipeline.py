@@ -17,12 +17,12 @@ rounds (a fresh broker, topics and worker each; the table shows medians):
    ``settings.to_env()`` (as the launcher starts it), started against the same
    backlog. Its ``/gatewatch/health/`` counters are polled every ``--poll`` s
    (0.1; the timeline in the results keeps one sample per 0.5 s):
-   ``events_requests`` (request agent) and ``stored_requests`` (ClickHouse sink).
+   ``events_requests`` (request consumer) and ``stored_requests`` (ClickHouse sink).
    **Sustained events/s** = N / (time from the first counted event to the poll
    where both counters reach N) — detectors and sink together; worker start-up
    (~5 s, mostly the group join) is reported apart. Also: the 10 %→90 % rate;
    when the re-keyed agents (BOLA, geo, latency, login aggregates) have seen
-   everything the request agent sent them (expected counts from
+   everything the request consumer sent them (expected counts from
    :func:`streams.rekey.sort_event`); lag (produced − stored) over time; RSS
    (``/proc/PID/status``); CPU of the worker per thread and of the broker
    (``/proc/PID/task/*/stat``).
@@ -294,7 +294,7 @@ def _gateway_geo(ips: list[str]) -> dict[str, tuple[int | None, str | None]]:
 
 
 def expected_rekeyed(values: list[bytes], settings: GatewatchSettings) -> dict[str, int]:
-    """What the request agent sends on for ``values`` (:func:`streams.rekey.sort_event`), as the
+    """What the request consumer sends on for ``values`` (:func:`streams.rekey.sort_event`), as the
     counters the re-keyed agents keep: ``events_logins``, ``events_by_principal``,
     ``events_by_principal_geo``, ``events_by_route``."""
     from gatewatch.broker import topic_partitions
@@ -539,7 +539,7 @@ def run_worker(settings: GatewatchSettings, tmp: Path, children: Children, broke
                                     stderr=subprocess.STDOUT)
         children.add(profiler)
 
-    # Backlog: poll until the request agent and the sink have all n events.
+    # Backlog: poll until the request consumer and the sink have all n events.
     done = lambda s: s["events_requests"] >= n and s["stored_requests"] >= n  # noqa: E731
     t_done = None
     while True:
@@ -578,7 +578,7 @@ def run_worker(settings: GatewatchSettings, tmp: Path, children: Children, broke
                                   sorted(thread_use.items(), key=lambda kv: -kv[1]) if v >= 0.005},
     }
 
-    # The re-keyed agents (BOLA, geo, latency, logins) drain after the request agent.
+    # The re-keyed agents (BOLA, geo, latency, logins) drain after the request consumer.
     def rekeyed_done(p: dict[str, Any]) -> bool:
         return all(p["counters"].get(k, 0) >= v for k, v in expected.items())
     deadline = time.monotonic() + 30
@@ -958,7 +958,7 @@ def main() -> None:
           f"completed")
     for r in rounds:
         b = r["worker"]["backlog"]
-        print(f"  {r['label']}: {b['eps']:,.0f}/s over {b['seconds']:.1f} s; request agent {b['agent_eps'] or 0:,.0f}/s; "
+        print(f"  {r['label']}: {b['eps']:,.0f}/s over {b['seconds']:.1f} s; request consumer {b['agent_eps'] or 0:,.0f}/s; "
               f"re-keyed agents done at {b['rekeyed_done_s'] if b['rekeyed_done_s'] is not None else 'NOT'} s; "
               f"CPU " + ", ".join(f"{k} {v:.0f} %" for k, v in b["worker_thread_cpu_pct"].items())
               + f"; broker {b['broker_cpu_pct']:.0f} %")
