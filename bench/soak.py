@@ -11,7 +11,9 @@ What it does, on this machine, 127.0.0.1 only:
    ``X-Forwarded-For`` (as ``bench/quality_client.py`` does); one ``aiohttp`` session
    carries all clients, because on 2 shared cores the client's own CPU matters
    (aiohttp costs less per request than httpx). The mix (seeded, :data:`MIX`): benign
-   users who log in, list their orders and read their profile and orders (a few 404s);
+   users who log in, list their orders and read their profile and orders (1 % of their
+   reads ask again for one of two stale order ids: 404s that stay below the BOLA
+   detector's distinct-id threshold, as a real client's do);
    a credential stuffer (leaked pairs of :func:`gatewatch.traffic.leaked_credentials`)
    that the worker bans, so later attempts are 403 by decision; a client enumerating
    other users' orders (BOLA); anonymous scanners (401).
@@ -21,7 +23,9 @@ What it does, on this machine, 127.0.0.1 only:
    ``_events_dropped_total``); the worker's ``/gatewatch/health/`` (counters
    ``events_requests``, ``stored_requests``; ``sink_pending_events``,
    ``store_spool_bytes``); requests answered at the client, client errors and 5xx.
-   **Lag** = events the gateway sent to the broker − requests the worker stored.
+   **Lag** (end to end) = requests answered − requests the worker stored, split into
+   the gateway's part (answered − events the broker acknowledged) and the consumer's
+   (acknowledged − stored). Read downstream first, so a sampled lag is never too low.
 4. After the traffic, waits (``--drain-timeout``) until the gateway has sent every
    event, the worker stored them all and both spools and the sink are empty; then
    reads ``event_id_counts`` (physical rows per event id, no FINAL) through the
@@ -38,8 +42,9 @@ Verdict (bounds are constants here and options on the command line):
   The broker is *not* judged on flatness: Tansu's ``memory://`` storage keeps every
   record until its topic is deleted (DESIGN.md, Known quirks), so its growth is
   reported per stored request instead (and compared with the bytes the gateway sent).
-* **Lag bounded**: the largest lag sampled during the traffic is at most
-  ``--max-lag-s`` × rate (default 5 s of traffic), and the lag is 0 once drained.
+* **Lag bounded**: the largest end-to-end lag sampled after the warm-up is at most
+  ``--max-lag-s`` × rate (default 5 s of traffic; the maximum over the whole traffic,
+  start-up included, is reported too), and the lag is 0 once drained.
 * **Nothing dropped**: every request id the client received is stored exactly once;
   the gateway dropped no event (``gatewatch_events_dropped_total`` = 0).
 
@@ -73,7 +78,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `bench.*` whe
 import aiohttp  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
-from bench.pipeline import V4_PREFIXES, code_version, rss_mb  # noqa: E402
+from bench.pipeline import V4_PREFIXES, code_version, cpu_s, rss_mb  # noqa: E402
+from bench.quality import machine_busy_s  # noqa: E402
 from gatewatch.admin_auth import auth_headers  # noqa: E402
 from gatewatch.demo import make_keys  # noqa: E402
 from gatewatch.launcher import Stack, signals_raise_interrupt  # noqa: E402
@@ -113,6 +119,7 @@ class User:
     token: str | None = None
     uid: int | None = None
     orders: list[int] = field(default_factory=list)
+    stale_ids: tuple[int, ...] = ()  # orders it keeps asking for that do not exist (404)
 
 
 @dataclass
@@ -126,7 +133,7 @@ class ClientLog:
     no_request_id: int = 0
     errors: Counter[str] = field(default_factory=Counter)
     shed: int = 0
-    blocked: int = 0  # 403 {"error": "blocked"}: a decision answered
+    blocked: Counter[str] = field(default_factory=Counter)  # by kind: 403 {"error": "blocked"}
 
     @property
     def answered(self) -> int:
@@ -175,9 +182,9 @@ class Traffic:
         roll = rng.random()
         if roll < 0.4:
             return kind, "GET", f"/users/{user.uid}", headers, None, user
-        if roll < 0.95:
+        if roll < 0.99:
             return kind, "GET", f"/orders/{rng.choice(user.orders)}", headers, None, user
-        return kind, "GET", f"/orders/{rng.randint(90_000, 99_999)}", headers, None, user
+        return kind, "GET", f"/orders/{rng.choice(user.stale_ids)}", headers, None, user
 
 
 async def send_one(session: aiohttp.ClientSession, log: ClientLog, request: tuple, sem: asyncio.Semaphore) -> None:
@@ -202,7 +209,7 @@ async def send_one(session: aiohttp.ClientSession, log: ClientLog, request: tupl
     else:
         log.request_ids.add(rid)
     if status == 403 and b'"blocked"' in data:
-        log.blocked += 1
+        log.blocked[kind] += 1
     if user is None or status != 200:
         return
     try:
@@ -257,6 +264,15 @@ GATEWAY_METRICS = ("gatewatch_events_sent", "gatewatch_events_dropped", "gatewat
                    "gatewatch_event_queue_depth", "gatewatch_spool_bytes")
 
 
+def add_lags(s: dict[str, Any]) -> None:
+    """Set a sample's lags (requests) from its raw counts: ``gateway_lag`` (answered, not yet
+    acknowledged by the broker), ``consumer_lag`` (acknowledged, not yet stored) and ``lag``
+    (end to end: answered, not yet stored)."""
+    s["gateway_lag"] = s["answered"] - s["events_sent"]
+    s["consumer_lag"] = s["events_sent"] - s["stored_requests"]
+    s["lag"] = s["answered"] - s["stored_requests"]
+
+
 class Sampler:
     """Reads RSS of every part, the gateway's metrics and the worker's health."""
 
@@ -268,13 +284,16 @@ class Sampler:
         self.samples: list[dict[str, Any]] = []
 
     async def sample(self, session: aiohttp.ClientSession, phase: str) -> dict[str, Any]:
+        # Downstream first (worker, then gateway, then the client's count), so that a lag
+        # read while traffic flows is never below the true one.
+        started = time.monotonic()
+        async with session.get(f"{self.stack.worker_url}/gatewatch/health/", headers=self.headers) as resp:
+            health = await resp.json()
         gw = dict.fromkeys(GATEWAY_METRICS, 0.0)
         for url in self.stack.metrics_urls:
             async with session.get(url, headers=self.headers) as resp:
                 for k, v in prometheus_sums(await resp.text(), GATEWAY_METRICS).items():
                     gw[k] += v
-        async with session.get(f"{self.stack.worker_url}/gatewatch/health/", headers=self.headers) as resp:
-            health = await resp.json()
         c = health.get("counters", {})
         status = self.log.statuses
         s = {"t": round(time.monotonic() - self.t0, 1), "phase": phase,
@@ -290,9 +309,10 @@ class Sampler:
              "stored_requests": int(c.get("stored_requests", 0)),
              "sink_pending_events": int(health.get("sink_pending_events", 0)),
              "store_spool_bytes": int(health.get("store_spool_bytes", 0)),
-             "rss_mb": {name: round(rss_mb(pid), 1) for name, pid in self.pids.items()}}
-        s["lag"] = s["events_sent"] - s["stored_requests"]
-        s["answered_not_stored"] = s["answered"] - s["stored_requests"]
+             "rss_mb": {name: round(rss_mb(pid), 1) for name, pid in self.pids.items()},
+             "cpu_s": {name: cpu_s(pid) for name, pid in self.pids.items()},
+             "machine_busy_s": machine_busy_s(), "sample_ms": round(1000 * (time.monotonic() - started))}
+        add_lags(s)
         self.samples.append(s)
         return s
 
@@ -305,14 +325,14 @@ def drained(s: dict[str, Any]) -> bool:
 
 
 def print_row(s: dict[str, Any], names: list[str], rate: float | None, header: bool = False) -> None:
-    cols = ["t s", "phase", "answered", "req/s", "sent", "stored", "lag", "pending", "st.spool",
-            "err", "5xx"] + [f"{n} MB" for n in names]
-    widths = [7, 8, 9, 6, 9, 9, 6, 7, 8, 5, 5] + [max(9, len(n) + 3) for n in names]
+    cols = ["t s", "phase", "answered", "req/s", "sent", "stored", "gw lag", "cons lag", "lag", "pending",
+            "st.spool", "shed", "err", "5xx"] + [f"{n} MB" for n in names]
+    widths = [5, 7, 8, 5, 8, 8, 6, 8, 5, 7, 8, 5, 4, 4] + [max(9, len(n) + 3) for n in names]
     if header:
         print(" ".join(f"{c:>{w}}" for c, w in zip(cols, widths)), flush=True)
     values = [f"{s['t']:.0f}", s["phase"], s["answered"], "-" if rate is None else f"{rate:.0f}",
-              s["events_sent"], s["stored_requests"], s["lag"], s["sink_pending_events"],
-              s["store_spool_bytes"], s["client_errors"], s["http_5xx"]] + \
+              s["events_sent"], s["stored_requests"], s["gateway_lag"], s["consumer_lag"], s["lag"],
+              s["sink_pending_events"], s["store_spool_bytes"], s["shed"], s["client_errors"], s["http_5xx"]] + \
              [f"{s['rss_mb'][n]:.1f}" for n in names]
     print(" ".join(f"{v:>{w}}" for v, w in zip(values, widths)), flush=True)
 
@@ -366,7 +386,9 @@ def rss_verdicts(samples: list[dict[str, Any]], warmup_s: float) -> dict[str, di
         bound = max(RSS_GROWTH_MB, RSS_GROWTH_FRACTION * first)
         row: dict[str, Any] = {"first_mb": first, "last_mb": ys[-1], "peak_mb": max(ys),
                                "growth_mb": round(growth, 1), "bound_mb": round(bound, 1),
-                               "slope_mb_per_min": round(slope_per_min(ts, ys), 2)}
+                               "slope_mb_per_min": round(slope_per_min(ts, ys), 2),
+                               "last_half_slope_mb_per_min": round(slope_per_min(ts[len(ts) // 2:],
+                                                                                 ys[len(ys) // 2:]), 2)}
         if name == "client":
             row["judged"] = False
             row["note"] = "the load generator itself (keeps every request id)"
@@ -380,6 +402,19 @@ def rss_verdicts(samples: list[dict[str, Any]], warmup_s: float) -> dict[str, di
             row["judged"] = True
             row["flat"] = growth <= bound
         out[name] = row
+    return out
+
+
+def cpu_shares(first: dict[str, Any], last: dict[str, Any]) -> dict[str, float]:
+    """CPU of each process between two samples, and of the whole machine (every user of it:
+    the machine is shared), as % of one core."""
+    wall = last["t"] - first["t"]
+    if wall <= 0:
+        return {}
+    out = {name: round(100 * (last["cpu_s"][name] - first["cpu_s"][name]) / wall, 1) for name in first["cpu_s"]}
+    (busy0, total0), (busy1, total1) = first["machine_busy_s"], last["machine_busy_s"]
+    cores = os.cpu_count() or 1
+    out["machine (all users)"] = round(100 * cores * (busy1 - busy0) / max(total1 - total0, 1e-9), 1)
     return out
 
 
@@ -397,26 +432,91 @@ def check_stored(api: WorkerApi, log: ClientLog) -> dict[str, Any]:
             "stored_not_seen_by_client": extra, "table_counts": api.table_counts()}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rate", type=float, default=300.0, help="requests/s offered")
-    parser.add_argument("--duration", type=float, default=600.0, help="seconds of traffic")
-    parser.add_argument("--sample-s", type=float, default=10.0, help="seconds between samples")
-    parser.add_argument("--warmup-s", type=float, default=120.0,
-                        help="seconds before RSS is judged (at most a third of the run)")
-    parser.add_argument("--users", type=int, default=200, help="benign users (one API key each)")
-    parser.add_argument("--max-lag-s", type=float, default=5.0,
-                        help="lag bound in seconds of traffic (max lag ≤ this × rate)")
-    parser.add_argument("--drain-timeout", type=float, default=120.0, help="seconds to wait for the backlog")
-    parser.add_argument("--seed", type=int, default=11)
-    parser.add_argument("--keep", action="store_true", help="keep the run directory (logs, chDB)")
-    args = parser.parse_args()
-    warmup_s = min(args.warmup_s, args.duration / 3)
+def judge(result: dict[str, Any], warmup_s: float, max_lag_s: float) -> dict[str, Any]:
+    """The verdict of a run's ``result`` (samples, client, stored, rate): RSS per process, lag
+    and the three checks of the module docstring."""
+    samples = result["samples"]
+    for s in samples:
+        add_lags(s)
+    during = [s for s in samples if s["phase"] in ("traffic", "end")]
+    final = samples[-1]
+    rss = rss_verdicts(samples, warmup_s)
+    lag_bound = int(max_lag_s * result["rate"])
+    lags = {k: max((s[k] for s in during), default=0) for k in ("lag", "gateway_lag", "consumer_lag")}
+    steady_lag = max((s["lag"] for s in during if s["t"] >= warmup_s), default=0)
+    stored, client = result["stored"], result["client"]
+    checks = {
+        "rss_flat": bool(rss) and all(r["flat"] for r in rss.values() if r["judged"]),
+        "lag_bounded": steady_lag <= lag_bound and final["phase"] == "drained" and final["lag"] <= 0,
+        "nothing_dropped": (stored["missing"] == 0 and stored["duplicated"] == 0
+                            and final["events_dropped"] == 0 and client["repeated_ids"] == 0),
+    }
+    ok = all(checks.values()) and result["dead_part"] is None
+    traffic = [s for s in during if s["phase"] == "traffic"]
+    return {"warmup_s": warmup_s, "bounds": {"rss_growth_mb": RSS_GROWTH_MB,
+                                             "rss_growth_fraction": RSS_GROWTH_FRACTION,
+                                             "max_lag_events": lag_bound, "max_lag_s": max_lag_s},
+            "rss": rss, "max_lags": lags, "max_lag_after_warmup": steady_lag, "final_lag": final["lag"], "drain_phase": final["phase"],
+            "drain_s": round(final["t"] - during[-1]["t"], 1) if during else None,
+            "achieved_rps": round(traffic[-1]["answered"] / traffic[-1]["t"], 1) if traffic else 0.0,
+            "cpu_pct_of_core": cpu_shares(samples[0], during[-1]) if during else {},
+            "checks": checks, "verdict": "pass" if ok else "fail"}
 
+
+def max_sample_ms(result: dict[str, Any]) -> int | None:
+    """The longest a sample took to read (ms): a lag read over a slow sample is inflated."""
+    return max((s["sample_ms"] for s in result["samples"] if "sample_ms" in s), default=None)
+
+
+def print_report(result: dict[str, Any], v: dict[str, Any], samples_table: bool) -> None:
+    """The table of samples (when asked: a run prints it live), the RSS table and the verdict."""
+    names = list(result["samples"][0]["rss_mb"])
+    last_t, last_answered = 0.0, 0
+    for i, s in enumerate(result["samples"] if samples_table else []):
+        rate = None if s["phase"] in ("start", "drain", "drained", "timeout") else \
+            (s["answered"] - last_answered) / max(s["t"] - last_t, 1e-9)
+        print_row(s, names, rate, header=i == 0)
+        last_t, last_answered = s["t"], s["answered"]
+    print(f"\nRSS after a warm-up of {v['warmup_s']:.0f} s (MB; growth = median of the last half − first "
+          f"sample; bound max({RSS_GROWTH_MB:.0f} MB, {RSS_GROWTH_FRACTION:.0%} of the first sample))")
+    print(f"{'process':<12} {'first':>8} {'last':>8} {'peak':>8} {'growth':>8} {'bound':>7} {'MB/min':>8} "
+          f"{'last half':>10}  verdict")
+    for name, r in v["rss"].items():
+        verdict = ("flat" if r["flat"] else "GROWS") if r["judged"] else "not judged: " + r["note"]
+        if name == "broker" and r.get("kb_per_request") is not None:
+            verdict += f"; {r['kb_per_request']:.2f} KB per request stored"
+        print(f"{name:<12} {r['first_mb']:>8.1f} {r['last_mb']:>8.1f} {r['peak_mb']:>8.1f} {r['growth_mb']:>8.1f} "
+              f"{r['bound_mb']:>7.1f} {r['slope_mb_per_min']:>8.2f} {r['last_half_slope_mb_per_min']:>10.2f}  "
+              f"{verdict}")
+    print("CPU during the traffic (% of one core): "
+          + ", ".join(f"{k} {x:.0f}" for k, x in v["cpu_pct_of_core"].items()))
+    c, st, lags = result["client"], result["stored"], v["max_lags"]
+    print(f"\nclient: {c['answered']} answered ({v['achieved_rps']:.0f}/s achieved, {result['rate']:.0f}/s "
+          f"offered), shed {c['shed']}, errors {c['errors'] or 0}, no X-Request-Id {c['no_request_id']}, "
+          f"blocked by decision {c['blocked']}; sampling took up to {max_sample_ms(result)} ms; "
+          f"statuses {dict(sorted(c['statuses'].items()))}")
+    print(f"lag (answered − stored): max {v['max_lag_after_warmup']} after the warm-up, {lags['lag']} during all "
+          f"the traffic (gateway → broker max {lags['gateway_lag']}, broker → store max {lags['consumer_lag']}); bound "
+          f"{v['bounds']['max_lag_events']} = {v['bounds']['max_lag_s']:g} s × rate; {v['final_lag']} at the end "
+          f"({v['drain_phase']} {v['drain_s']} s after the traffic)")
+    print(f"stored: {st['client_ids']} request ids received, {st['missing']} missing, {st['duplicated']} stored "
+          f"twice or more, {st['stored_not_seen_by_client']} stored but not received by the client; gateway "
+          f"dropped {result['samples'][-1]['events_dropped']}, spooled {result['samples'][-1]['events_spooled']}; "
+          f"tables {st['table_counts']}")
+    if result["dead_part"]:
+        print(f"a part died during the run: {result['dead_part']}")
+    print("\nverdict: " + ", ".join(f"{k} {'yes' if x else 'NO'}" for k, x in v["checks"].items())
+          + f" → {v['verdict'].upper()}")
+
+
+def run(args: argparse.Namespace, warmup_s: float) -> dict[str, Any]:
+    """Start the stack, soak it, check the store, stop it; the raw result (no verdict)."""
     code = code_version()
     run_dir = Path(tempfile.mkdtemp(prefix="gw-soak-"))
     keys = make_keys(run_dir / "keys.toml", args.users + 1)
-    users = [User(n, user_address(n), key) for n, key in enumerate(keys, 1)]
+    rng = random.Random(args.seed)
+    users = [User(n, user_address(n), key, stale_ids=(rng.randint(90_000, 99_999), rng.randint(90_000, 99_999)))
+             for n, key in enumerate(keys, 1)]
     settings = load_settings(keys_file=run_dir / "keys.toml", listen_port=0, trusted_proxies=["127.0.0.1/32"])
     stack = Stack(settings, run_dir / "stack", sample_api=True, sample_api_args=["--users", str(args.users + 1)])
     log = ClientLog()
@@ -431,8 +531,8 @@ def main() -> None:
         with signals_raise_interrupt():
             stack.start()
             for url in stack.metrics_urls:  # the admin port opens after the listening port
-                host_port = url.split("/")[2]
-                wait_for_port(host_port.rpartition(":")[0], int(host_port.rpartition(":")[2]), timeout_s=30)
+                host, _, port = url.split("/")[2].rpartition(":")
+                wait_for_port(host, int(port), timeout_s=30)
             print(f"stack ready in {time.monotonic() - t0:.1f} s: "
                   + ", ".join(f"{p.name} pid {p.proc.pid}" for p in stack.parts), flush=True)
             sampler = asyncio.run(soak(stack, Traffic(users, args.seed), log, args))
@@ -443,62 +543,54 @@ def main() -> None:
         stack.stop()
         if not args.keep:
             shutil.rmtree(run_dir, ignore_errors=True)
-
-    samples = sampler.samples
-    during = [s for s in samples if s["phase"] in ("traffic", "end")]
-    final = samples[-1]
-    rss = rss_verdicts(samples, warmup_s)
-    max_lag = max((s["lag"] for s in during), default=0)
-    lag_bound = int(args.max_lag_s * args.rate)
-    checks = {
-        "rss_flat": bool(rss) and all(r["flat"] for r in rss.values() if r["judged"]),
-        "lag_bounded": max_lag <= lag_bound and final["phase"] == "drained" and final["lag"] == 0,
-        "nothing_dropped": (stored["missing"] == 0 and stored["duplicated"] == 0
-                            and final["events_dropped"] == 0 and log.repeated_ids == 0),
-    }
-    print("\nRSS after warm-up (MB; growth = median of the last half − first sample; "
-          f"bound max({RSS_GROWTH_MB:.0f} MB, {RSS_GROWTH_FRACTION:.0%}))")
-    print(f"{'process':<12} {'first':>8} {'last':>8} {'peak':>8} {'growth':>8} {'bound':>7} {'MB/min':>8}  verdict")
-    for name, r in rss.items():
-        verdict = ("flat" if r["flat"] else "GROWS") if r["judged"] else "not judged: " + r["note"]
-        if name == "broker" and r.get("kb_per_request") is not None:
-            verdict += f"; {r['kb_per_request']:.2f} KB per request stored"
-        print(f"{name:<12} {r['first_mb']:>8.1f} {r['last_mb']:>8.1f} {r['peak_mb']:>8.1f} {r['growth_mb']:>8.1f} "
-              f"{r['bound_mb']:>7.1f} {r['slope_mb_per_min']:>8.2f}  {verdict}")
-    elapsed = [s for s in during if s["phase"] == "traffic"]
-    achieved = (elapsed[-1]["answered"] / elapsed[-1]["t"]) if elapsed and elapsed[-1]["t"] else 0.0
-    print(f"\nclient: {log.answered} answered ({achieved:.0f}/s achieved, {args.rate:.0f}/s offered), "
-          f"shed {log.shed}, errors {dict(log.errors) or 0}, no X-Request-Id {log.no_request_id}, "
-          f"blocked by decision {log.blocked}; statuses {dict(sorted(log.statuses.items()))}")
-    print(f"lag: max {max_lag} during the traffic (bound {lag_bound} = {args.max_lag_s:g} s × rate), "
-          f"{final['lag']} at the end ({final['phase']} {final['t'] - (during[-1]['t'] if during else 0):.0f} s "
-          f"after the traffic)")
-    print(f"stored: {stored['client_ids']} request ids received, {stored['missing']} missing, "
-          f"{stored['duplicated']} stored twice or more, {stored['stored_not_seen_by_client']} stored but "
-          f"not received by the client; gateway dropped {final['events_dropped']}, spooled "
-          f"{final['events_spooled']}; tables {stored['table_counts']}")
-    if dead is not None:
-        print(f"a part died during the run: {dead.name}")
-    ok = all(checks.values()) and dead is None
-    print("\nverdict: " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in checks.items())
-          + f" → {'PASS' if ok else 'FAIL'}")
-
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps({
+    return {
         "when": datetime.now(timezone.utc).isoformat(), "machine": platform.platform(), "cpus": os.cpu_count(),
         "load_average_before": machine_load, "load_average_after": os.getloadavg(), "code": code,
-        "args": vars(args), "warmup_s": warmup_s, "mix": MIX,
-        "bounds": {"rss_growth_mb": RSS_GROWTH_MB, "rss_growth_fraction": RSS_GROWTH_FRACTION,
-                   "max_lag_events": lag_bound},
-        "client": {"answered": log.answered, "achieved_rps": round(achieved, 1), "shed": log.shed,
-                   "errors": dict(log.errors), "no_request_id": log.no_request_id,
-                   "repeated_ids": log.repeated_ids, "blocked": log.blocked,
-                   "statuses": dict(log.statuses), "by_kind": dict(log.by_kind)},
-        "rss": rss, "max_lag": max_lag, "stored": stored, "checks": checks,
-        "dead_part": dead.name if dead else None, "verdict": "pass" if ok else "fail",
-        "samples": samples,
-    }, indent=2))
-    print(f"written {RESULTS}")
+        "args": {k: str(x) if isinstance(x, Path) else x for k, x in vars(args).items()},
+        "rate": args.rate, "mix": MIX,
+        "client": {"answered": log.answered, "shed": log.shed, "errors": dict(log.errors),
+                   "no_request_id": log.no_request_id, "repeated_ids": log.repeated_ids,
+                   "blocked": dict(log.blocked), "statuses": dict(log.statuses), "by_kind": dict(log.by_kind)},
+        "stored": stored, "dead_part": dead.name if dead else None, "samples": sampler.samples,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rate", type=float, default=300.0, help="requests/s offered")
+    parser.add_argument("--duration", type=float, default=600.0, help="seconds of traffic")
+    parser.add_argument("--sample-s", type=float, default=10.0, help="seconds between samples")
+    parser.add_argument("--warmup-s", type=float, default=120.0,
+                        help="seconds before RSS is judged (at most a third of the run)")
+    parser.add_argument("--users", type=int, default=200, help="benign users (one API key each)")
+    parser.add_argument("--max-lag-s", type=float, default=5.0,
+                        help="lag bound in seconds of traffic (max lag ≤ this × rate)")
+    parser.add_argument("--drain-timeout", type=float, default=120.0, help="seconds to wait for the backlog")
+    parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--keep", action="store_true", help="keep the run directory (logs, chDB)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results file")
+    parser.add_argument("--report", type=Path, default=None,
+                        help="no run: judge the samples of this results file again (with --warmup-s, "
+                             "--max-lag-s) and write the verdict into --out")
+    args = parser.parse_args()
+
+    if args.report is not None:
+        result = json.loads(args.report.read_text())
+        result.setdefault("rate", result["args"]["rate"])
+        duration = result["args"]["duration"]
+        result["rejudged"] = datetime.now(timezone.utc).isoformat()
+        for stale in ("rss", "checks", "max_lag", "bounds", "warmup_s", "cpu_pct_of_core"):
+            result.pop(stale, None)  # an earlier verdict's figures; judged again below
+        for sample in result["samples"]:
+            sample.pop("answered_not_stored", None)
+    else:
+        result = run(args, min(args.warmup_s, args.duration / 3))
+        duration = args.duration
+    result["verdict"] = judge(result, min(args.warmup_s, duration / 3), args.max_lag_s)
+    print_report(result, result["verdict"], samples_table=args.report is not None)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(f"written {args.out}")
 
 
 if __name__ == "__main__":
