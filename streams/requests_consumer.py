@@ -34,7 +34,11 @@ with the active decisions on the decisions topic, so a threshold crossed
 again after a restart does not decide twice.
 
 Group settings follow the Faust app's (Tansu quirks, DESIGN.md): short
-session timeout, ``earliest`` reset, the fetch wait of the decision path.
+session timeout, the fetch wait of the decision path. Positions are never
+reset implicitly (``auto_offset_reset="none"``): a partition without a
+committed offset is read from its beginning, and a position found past the
+end (the broker lost its data and came back) starts again at the beginning,
+both by explicit seeks.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import NoOffsetForPartitionError, OffsetOutOfRangeError
 from aiokafka.structs import OffsetAndMetadata
 
 from gatewatch.decision_feed import read_decisions
@@ -98,6 +103,7 @@ class RequestsConsumer:
         self._consumer: AIOKafkaConsumer | None = None
         self._checkpoints: dict[int, tuple[int, int]] = {}   # partition -> (committed, replay_from)
         self._warm_until: dict[int, int] = {}
+        self._position: dict[int, int] = {}      # partition -> next offset to read
         self._committed: dict[int, int] = {}
         self._checkpointed_at: dict[int, float] = {}
         self._lock = asyncio.Lock()
@@ -113,7 +119,7 @@ class RequestsConsumer:
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=settings.bootstrap_servers, group_id=self.group,
             client_id=f"{self.group}-{id(self):x}", enable_auto_commit=False,
-            auto_offset_reset="earliest", fetch_max_wait_ms=settings.fetch_max_wait_ms,
+            auto_offset_reset="none", fetch_max_wait_ms=settings.fetch_max_wait_ms,
             session_timeout_ms=int(SESSION_TIMEOUT_S * 1000),
             heartbeat_interval_ms=int(HEARTBEAT_INTERVAL_S * 1000),
             rebalance_timeout_ms=int(REBALANCE_TIMEOUT_S * 1000))
@@ -153,13 +159,26 @@ class RequestsConsumer:
             return
         exc = task.exception()
         log.critical("%s stopped: %r; the worker stops", task.get_name(), exc, exc_info=exc)
-        app.crash(exc if exc is not None else RuntimeError(f"{task.get_name()} ended"))
+        asyncio.ensure_future(app.crash(exc if exc is not None else RuntimeError(f"{task.get_name()} ended")))
 
     async def _loop(self) -> None:
         assert self._consumer is not None
         last_commit = time.monotonic()
         while not self._stopping:
-            batches = await self._consumer.getmany(timeout_ms=100, max_records=settings.detector_batch_size)
+            try:
+                batches = await self._consumer.getmany(timeout_ms=100, max_records=settings.detector_batch_size)
+            except OffsetOutOfRangeError as exc:
+                await self._out_of_range(exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {})
+                continue
+            except NoOffsetForPartitionError as exc:
+                # A fetch raced the assignment callback, which places every partition.
+                counters.incr("fetch_before_placement")
+                for tp in exc.args:
+                    if isinstance(tp, TopicPartition) and tp.partition in self.assigned:
+                        await self._place(tp)
+                await asyncio.sleep(0.05)
+                continue
+            self._check_log_kept()
             async with self._lock:
                 if batches:
                     await self._handle(batches)
@@ -192,7 +211,7 @@ class RequestsConsumer:
                 (warm if rec.offset < warm_until else live).append(item)
             if records[-1].offset + 1 >= warm_until:
                 self._warm_until.pop(partition, None)
-            ends[partition] = records[-1].offset + 1
+            ends[partition] = self._position[partition] = records[-1].offset + 1
         if warm:
             detect_requests.warm(warm)
             counters.incr("warmed_requests", len(warm))
@@ -201,6 +220,65 @@ class RequestsConsumer:
         live_ends = {p: end for p, end in ends.items()}
         await self.sink.put([e for _, e, _ in live], [r for _, _, r in live], live_ends)
 
+    def _check_log_kept(self) -> None:
+        """A Kafka log never shrinks: a high-watermark below what this worker already read
+        means the broker lost the partition's data (an in-memory broker restarted).
+        Read it again from the beginning; what was stored twice is hidden by FINAL."""
+        assert self._consumer is not None
+        for partition, position in list(self._position.items()):
+            tp = TopicPartition(self.topic, partition)
+            high = self._consumer.highwater(tp) if partition in self.assigned else None
+            if high is not None and high < position:
+                counters.incr("partition_log_lost")
+                log.warning("partition %d: the broker's log ends at %d, before offset %d already read "
+                            "(it lost its data); reading it from the beginning", partition, high, position)
+                self._committed.pop(partition, None)
+                self._warm_until.pop(partition, None)
+                self.sink.forget(partition)
+                self._position[partition] = 0
+                self._consumer.seek(tp, 0)
+
+    def committed_total(self) -> int:
+        """Sum of the offsets committed for the partitions read now (health, tests)."""
+        return sum(self._committed.get(p, 0) for p in self.assigned)
+
+    async def _place(self, tp: TopicPartition) -> None:
+        """Seek ``tp`` to where this worker must read it next (see :meth:`assign`)."""
+        assert self._consumer is not None
+        partition = tp.partition
+        if partition in self._position:   # read before (a rejoin): go on from there
+            self._consumer.seek(tp, self._position[partition])
+            return
+        committed = await self._consumer.committed(tp)
+        if committed is None:
+            self._consumer.seek(tp, 0)   # the log's start; if retention removed it, see _out_of_range
+            return
+        self._committed[partition] = committed
+        checkpoint = self._checkpoints.get(partition)
+        replay_from = committed if checkpoint is None else min(checkpoint[1], committed)
+        self._consumer.seek(tp, replay_from)
+        if replay_from < committed:
+            self._warm_until[partition] = committed
+            log.info("partition %d: replaying offsets %d..%d into the windows",
+                     partition, replay_from, committed - 1)
+
+    async def _out_of_range(self, positions: dict[TopicPartition, int]) -> None:
+        """A position past the partition's end (a broker that lost its data came back, or
+        retention deleted it): read what the partition holds from its beginning. Resets
+        are explicit: Tansu answers offset queries unreliably (DESIGN.md)."""
+        assert self._consumer is not None
+        for tp, offset in positions.items():
+            counters.incr("offsets_out_of_range")
+            log.warning("partition %d: offset %s is out of range (the broker lost or deleted data); "
+                        "reading it from its beginning", tp.partition, offset)
+            self._committed.pop(tp.partition, None)
+            self._warm_until.pop(tp.partition, None)
+            self._position[tp.partition] = 0
+            if offset:
+                self._consumer.seek(tp, 0)
+            else:   # offset 0 itself is gone (retention): ask the broker where the log starts
+                await self._consumer.seek_to_beginning(tp)
+
     # --- commits and checkpoints -------------------------------------------------------
 
     async def _commit(self, force_checkpoint: bool = False) -> None:
@@ -208,7 +286,7 @@ class RequestsConsumer:
         emitted; publish replay points first (see the module docstring)."""
         assert self._consumer is not None
         done = {p: end for p, end in self.sink.committable.items()
-                if p in self.assigned and end > self._committed.get(p, -1)}
+                if p in self.assigned and end > self._committed.get(p, -1) and self._within_log(p, end)}
         if not done:
             return
         await detect_requests.flush()
@@ -225,6 +303,12 @@ class RequestsConsumer:
                                      for p, end in done.items()})
         self._committed.update(done)
         counters.incr("commits")
+
+    def _within_log(self, partition: int, end: int) -> bool:
+        # An offset past the log's end belongs to a log the broker lost: never commit it.
+        assert self._consumer is not None
+        high = self._consumer.highwater(TopicPartition(self.topic, partition))
+        return high is None or end <= high
 
     # --- rebalances -------------------------------------------------------------------
 
@@ -250,28 +334,18 @@ class RequestsConsumer:
         log.info("request partitions revoked: %s", sorted(mine))
 
     async def assign(self, assigned: list[TopicPartition]) -> None:
-        """Start reading ``assigned``: from the replay point when a checkpoint says so."""
+        """Start reading ``assigned``: a partition already read goes on where it was; a new
+        one starts at its replay point when a checkpoint says so, else at its committed
+        offset, else at the beginning. Positions are always set explicitly: the
+        consumer's own "earliest" reset was seen to start at the partition's end on
+        Tansu (its offset answers are unreliable)."""
         assert self._consumer is not None
         mine = [tp for tp in assigned if tp.topic == self.topic]
-        new = [tp for tp in mine if tp.partition not in self.assigned]
-        if new:
+        if any(tp.partition not in self._position for tp in mine):
             # Another worker may have owned them: its latest checkpoints are on the topic.
             self._checkpoints.update(await self._read_checkpoints())
-        for tp in new:
-            committed = await self._consumer.committed(tp)
-            checkpoint = self._checkpoints.get(tp.partition)
-            # Positions are set explicitly: inside the Faust worker the consumer's own
-            # "earliest" reset was seen to start at the end (Faust patches aiokafka).
-            if committed is None:
-                await self._consumer.seek_to_beginning(tp)
-            else:
-                self._committed[tp.partition] = committed
-                replay_from = committed if checkpoint is None else min(checkpoint[1], committed)
-                self._consumer.seek(tp, replay_from)
-                if replay_from < committed:
-                    self._warm_until[tp.partition] = committed
-                    log.info("partition %d: replaying offsets %d..%d into the windows",
-                             tp.partition, replay_from, committed - 1)
+        for tp in mine:
+            await self._place(tp)
             self.assigned.add(tp.partition)
         self.joined = True
         log.info("request partitions assigned: %s", sorted(tp.partition for tp in mine))

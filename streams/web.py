@@ -47,6 +47,7 @@ def health_payload() -> dict[str, Any]:
         "assigned_partitions": assigned + len(request_partitions),
         "request_partitions": request_partitions,
         "sink_pending_events": requests_consumer.sink.pending,
+        "requests_committed": requests_consumer.committed_total(),
         "store_spool_bytes": store_spool().pending_bytes,
         "fetch_max_wait_ms": live_fetch_max_wait_ms(app),
         "store": store.describe(),
