@@ -31,21 +31,20 @@ SOURCE_IDLE_S = 10.0
 #: Unpacked re-keyed messages kept for the other agents of the same topic.
 UNPACKED_CACHE = 64
 
-_unpacked: OrderedDict[tuple[str, int, int], EventBatch | MalformedRecord] = OrderedDict()
+_unpacked: OrderedDict[bytes, EventBatch | MalformedRecord] = OrderedDict()
 
 
-def unpack_once(item: Any) -> EventBatch:
-    """The unpacked batch of a Faust event of a re-keyed topic, parsed once for every agent
-    that reads it (see the module docstring). Raises :class:`MalformedRecord`."""
-    message = item.message
-    key = (message.topic, message.partition, message.offset)
-    found = _unpacked.get(key)
+def unpack_once(value: bytes) -> EventBatch:
+    """:func:`streams.rekey.unpack_events`, parsed once for every agent reading the same
+    message (see the module docstring; keyed by the message value, whose hash Python
+    keeps on the object). Raises :class:`MalformedRecord`."""
+    found = _unpacked.get(value)
     if found is None:
         try:
-            found = unpack_events(item.value)
+            found = unpack_events(value)
         except MalformedRecord as exc:
             found = exc
-        _unpacked[key] = found
+        _unpacked[value] = found
         if len(_unpacked) > UNPACKED_CACHE:
             _unpacked.popitem(last=False)
     if isinstance(found, MalformedRecord):
@@ -67,7 +66,7 @@ class MergedInput:
         found: list[Detection] = []
         reports = []
         for item in items:
-            batch = parse_or_count(lambda _: unpack_once(item), item.value, f"malformed_{self.kind}")
+            batch = parse_or_count(unpack_once, item.value, f"malformed_{self.kind}")
             if batch is None:
                 continue
             partition = item.message.partition

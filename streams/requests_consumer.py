@@ -103,7 +103,8 @@ class RequestsConsumer:
         self._consumer: AIOKafkaConsumer | None = None
         self._checkpoints: dict[int, tuple[int, int]] = {}   # partition -> (committed, replay_from)
         self._warm_until: dict[int, int] = {}
-        self._position: dict[int, int] = {}      # partition -> next offset to read
+        self._last_read: dict[int, tuple[int, int]] = {}   # partition -> (offset, hash of value)
+        self._verify: dict[int, tuple[int, int]] = {}      # partition -> record expected first
         self._committed: dict[int, int] = {}
         self._checkpointed_at: dict[int, float] = {}
         self._lock = asyncio.Lock()
@@ -178,7 +179,6 @@ class RequestsConsumer:
                         await self._place(tp)
                 await asyncio.sleep(0.05)
                 continue
-            self._check_log_kept()
             async with self._lock:
                 if batches:
                     await self._handle(batches)
@@ -198,6 +198,15 @@ class RequestsConsumer:
             partition = tp.partition
             if partition not in self.assigned or not records:
                 continue
+            expected = self._verify.pop(partition, None)
+            if expected is not None:
+                first = records[0]
+                if (first.offset, hash(first.value)) != expected:
+                    self._log_replaced(tp, expected[0])
+                    continue
+                records = records[1:]   # the last record read before, read again to compare
+                if not records:
+                    continue
             warm_until = self._warm_until.get(partition, -1)
             counters.incr("events_requests", len(records))
             for rec in records:
@@ -211,32 +220,14 @@ class RequestsConsumer:
                 (warm if rec.offset < warm_until else live).append(item)
             if records[-1].offset + 1 >= warm_until:
                 self._warm_until.pop(partition, None)
-            ends[partition] = self._position[partition] = records[-1].offset + 1
+            ends[partition] = records[-1].offset + 1
+            self._last_read[partition] = (records[-1].offset, hash(records[-1].value))
         if warm:
             detect_requests.warm(warm)
             counters.incr("warmed_requests", len(warm))
         if live:
             await detect_requests.handle(live)
-        live_ends = {p: end for p, end in ends.items()}
-        await self.sink.put([e for _, e, _ in live], [r for _, _, r in live], live_ends)
-
-    def _check_log_kept(self) -> None:
-        """A Kafka log never shrinks: a high-watermark below what this worker already read
-        means the broker lost the partition's data (an in-memory broker restarted).
-        Read it again from the beginning; what was stored twice is hidden by FINAL."""
-        assert self._consumer is not None
-        for partition, position in list(self._position.items()):
-            tp = TopicPartition(self.topic, partition)
-            high = self._consumer.highwater(tp) if partition in self.assigned else None
-            if high is not None and high < position:
-                counters.incr("partition_log_lost")
-                log.warning("partition %d: the broker's log ends at %d, before offset %d already read "
-                            "(it lost its data); reading it from the beginning", partition, high, position)
-                self._committed.pop(partition, None)
-                self._warm_until.pop(partition, None)
-                self.sink.forget(partition)
-                self._position[partition] = 0
-                self._consumer.seek(tp, 0)
+        await self.sink.put([e for _, e, _ in live], [r for _, _, r in live], ends)
 
     def committed_total(self) -> int:
         """Sum of the offsets committed for the partitions read now (health, tests)."""
@@ -246,10 +237,18 @@ class RequestsConsumer:
         """Seek ``tp`` to where this worker must read it next (see :meth:`assign`)."""
         assert self._consumer is not None
         partition = tp.partition
-        if partition in self._position:   # read before (a rejoin): go on from there
-            self._consumer.seek(tp, self._position[partition])
-            return
         committed = await self._consumer.committed(tp)
+        last = self._last_read.get(partition)
+        if last is not None and (committed is None or committed <= last[0] + 1):
+            # Read here before (a rejoin): go on, re-reading the last record to check that the
+            # broker still holds the same log (one restarted with empty storage does not).
+            self._verify[partition] = last
+            self._consumer.seek(tp, last[0])
+            return
+        # New here, or another worker went further: rebuild the windows from the replay point.
+        detect_requests.forget(partition)
+        self.points.forget(partition)
+        self._last_read.pop(partition, None)
         if committed is None:
             self._consumer.seek(tp, 0)   # the log's start; if retention removed it, see _out_of_range
             return
@@ -262,6 +261,25 @@ class RequestsConsumer:
             log.info("partition %d: replaying offsets %d..%d into the windows",
                      partition, replay_from, committed - 1)
 
+    def _forget_position(self, partition: int) -> None:
+        # The partition's log is not the one read before: offsets start over.
+        self.points.forget(partition)
+        self._checkpoints.pop(partition, None)
+        self._committed.pop(partition, None)
+        self._warm_until.pop(partition, None)
+        self._last_read.pop(partition, None)
+        self._verify.pop(partition, None)
+
+    def _log_replaced(self, tp: TopicPartition, offset: int) -> None:
+        """The record at ``offset`` is not the one read there before: the broker lost the
+        partition's log and a new one grew in its place. Read it from the beginning."""
+        assert self._consumer is not None
+        counters.incr("partition_log_replaced")
+        log.warning("partition %d: the record at offset %d is not the one read before (the broker "
+                    "lost its log); reading the new log from its beginning", tp.partition, offset)
+        self._forget_position(tp.partition)
+        self._consumer.seek(tp, 0)
+
     async def _out_of_range(self, positions: dict[TopicPartition, int]) -> None:
         """A position past the partition's end (a broker that lost its data came back, or
         retention deleted it): read what the partition holds from its beginning. Resets
@@ -271,9 +289,7 @@ class RequestsConsumer:
             counters.incr("offsets_out_of_range")
             log.warning("partition %d: offset %s is out of range (the broker lost or deleted data); "
                         "reading it from its beginning", tp.partition, offset)
-            self._committed.pop(tp.partition, None)
-            self._warm_until.pop(tp.partition, None)
-            self._position[tp.partition] = 0
+            self._forget_position(tp.partition)
             if offset:
                 self._consumer.seek(tp, 0)
             else:   # offset 0 itself is gone (retention): ask the broker where the log starts
@@ -286,7 +302,7 @@ class RequestsConsumer:
         emitted; publish replay points first (see the module docstring)."""
         assert self._consumer is not None
         done = {p: end for p, end in self.sink.committable.items()
-                if p in self.assigned and end > self._committed.get(p, -1) and self._within_log(p, end)}
+                if p in self.assigned and end > self._committed.get(p, -1)}
         if not done:
             return
         await detect_requests.flush()
@@ -304,16 +320,11 @@ class RequestsConsumer:
         self._committed.update(done)
         counters.incr("commits")
 
-    def _within_log(self, partition: int, end: int) -> bool:
-        # An offset past the log's end belongs to a log the broker lost: never commit it.
-        assert self._consumer is not None
-        high = self._consumer.highwater(TopicPartition(self.topic, partition))
-        return high is None or end <= high
-
     # --- rebalances -------------------------------------------------------------------
 
     async def revoke(self, revoked: list[TopicPartition]) -> None:
-        """Store and commit what was read from ``revoked``, then forget their state."""
+        """Store and commit what was read from ``revoked``. Their windows stay until
+        :meth:`assign` knows whether they come back unchanged (see :meth:`_place`)."""
         mine = [tp.partition for tp in revoked if tp.topic == self.topic]
         if not mine:
             return
@@ -325,9 +336,7 @@ class RequestsConsumer:
                 log.exception("commit on revocation failed (the tail is redelivered to the next owner)")
             for partition in mine:
                 self.assigned.discard(partition)
-                detect_requests.forget(partition)
                 self.sink.forget(partition)
-                self.points.forget(partition)
                 self._warm_until.pop(partition, None)
                 self._committed.pop(partition, None)
                 self._checkpointed_at.pop(partition, None)
@@ -341,7 +350,7 @@ class RequestsConsumer:
         Tansu (its offset answers are unreliable)."""
         assert self._consumer is not None
         mine = [tp for tp in assigned if tp.topic == self.topic]
-        if any(tp.partition not in self._position for tp in mine):
+        if any(tp.partition not in self._last_read for tp in mine):
             # Another worker may have owned them: its latest checkpoints are on the topic.
             self._checkpoints.update(await self._read_checkpoints())
         for tp in mine:

@@ -192,10 +192,6 @@ def test_gateway_sends_every_event_of_the_outage_once_in_order(outage) -> None:
 
 
 @pytest.mark.e2e
-@pytest.mark.xfail(reason="known regression, open in issue 6: the worker's aiokafka request consumer does not "
-                          "notice that the restarted in-memory broker lost its log when the gateway's spool "
-                          "refills it past the old position first; those events are skipped (not stored)",
-                   strict=False)
 def test_every_answered_request_stored_once_across_the_outage(outage) -> None:
     answered, counts = outage["answered"], outage["counts"]
     assert len(answered) == len(set(answered))
