@@ -38,7 +38,10 @@ session timeout, the fetch wait of the decision path. Positions are never
 reset implicitly (``auto_offset_reset="none"``): a partition without a
 committed offset is read from its beginning, and a position found past the
 end (the broker lost its data and came back) starts again at the beginning,
-both by explicit seeks.
+both by explicit seeks. After a rejoin, a partition read before is read again
+from its last record, which must be the same record: a broker restarted with
+empty storage whose new log already grew past the old position is noticed
+that way, and the new log is read from its start.
 """
 
 from __future__ import annotations
