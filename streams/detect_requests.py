@@ -9,9 +9,8 @@ out first (:func:`streams.decide.publish`), then the re-keyed batches.
 One detector per source partition: each partition is one in-order stream and
 holds every event of its IPs (the gateway keys by IP), so ``now`` is the
 event's own ``ts`` and the per-IP windows are exact with any number of
-workers. A detector of a partition this worker no longer reads just stops
-receiving events (a rebalance starts the moved windows empty: a bounded miss,
-never a false ban).
+workers. A partition that moves to another worker (a rebalance, a restart)
+gets its windows rebuilt there by the replay of :mod:`streams.checkpoints`.
 
 Re-keyed events are sent in bulk (:data:`REKEY_FLUSH_EVENTS` or
 :data:`REKEY_FLUSH_S`, also from a timer). For the watermarks of the merged,
