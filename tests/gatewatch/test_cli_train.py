@@ -75,7 +75,11 @@ def test_train_writes_a_model_that_separates_a_scraper(history_stack: Path, tmp_
     first, second = (BehaviourModel.from_document(load_model_file(p)) for p in outs)
     assert first.feature_names == FEATURES and first.window_s == WINDOW_S and first.seed == 0
     assert first.training["windows"] == len(expected_windows) and first.training["principals"] == 12
-    assert first.training["since"] <= START.timestamp() and first.training["until"] <= NOW.timestamp()
+    # ``until`` is the end of the last whole window before the command ran ("now"): not
+    # before this module's NOW (taken at collection, possibly minutes earlier in a full
+    # run) less a window, and not after this check.
+    assert first.training["since"] <= START.timestamp()
+    assert NOW.timestamp() - WINDOW_S < first.training["until"] <= datetime.now(timezone.utc).timestamp()
     assert first.sklearn_version == sklearn.__version__
 
     day2 = START + timedelta(days=1)
