@@ -399,7 +399,9 @@ class GatewatchSettings(BaseSettings):
     # Decisions: prefix length of a prefix decision given as a bare address; throttle limit.
     decision_prefix_v4: int = 24
     decision_prefix_v6: int = 64
-    throttle_rate_limit: RateLimit = RateLimit(rate_per_s=1.0, burst=5)
+    throttle_rate_limit: RateLimit = RateLimit(rate_per_s=1.0, burst=5)   # per client address and decision
+    # Per account (all sources): NIST SP 800-63B §5.2.2 suggests e.g. a 30 s wait between attempts.
+    username_throttle_rate_limit: RateLimit = RateLimit(rate_per_s=1 / 30, burst=3)
     decisions_fail_open: bool = True
     geo_lookup: str = Field("", description="'module:function' mapping a client IP to (asn, country) or None.")
     # Event spool: where events wait on disk while the broker is away.

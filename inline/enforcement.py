@@ -40,8 +40,19 @@ one dict lookup per scope (prefix: one per distinct prefix length), so a
 request costs the same whatever the number of active decisions.
 
 Actions: ``ban`` → 403 with ``Retry-After`` until expiry; ``throttle`` → a
-tighter GCRA limit (``gatewatch_throttle_rate_limit``) per matching client
-address and decision, 429 beyond it; ``challenge`` is stored, not enforced.
+tighter GCRA limit, 429 beyond it; ``challenge`` is stored, not enforced. A
+throttle on a ``username`` counts the login attempts on that account from every
+source together (``gatewatch_username_throttle_rate_limit``, default one per
+30 s after a burst of 3): a distributed attack spreads over hundreds of
+addresses, so a per-address bucket would never fill (NIST SP 800-63B §5.2.2,
+"Rate Limiting (Throttling)": limit failed attempts *per account*, e.g. a 30 s
+wait between attempts; OWASP Authentication Cheat Sheet, "Account Lockout").
+The owner of the account may wait that long to log in while the attack lasts,
+which is the point of throttling instead of banning addresses. Every other
+scope is throttled per matching client address and decision
+(``gatewatch_throttle_rate_limit``), so the other users of an ASN or prefix
+keep their own budgets. The buckets live in each gateway process: N gateways
+allow N times the limit.
 When several decisions match, a ban wins over a throttle. Allow-listed
 clients (:mod:`inline.lists`) are never blocked or throttled.
 
@@ -164,6 +175,7 @@ class Enforcement:
     Options: ``gatewatch_bootstrap_servers``, ``gatewatch_topic_decisions``,
     ``gatewatch_fetch_max_wait_ms``, ``gatewatch_decisions_fail_open``,
     ``gatewatch_decision_prefix_v4``/``_v6``, ``gatewatch_throttle_rate_limit``,
+    ``gatewatch_username_throttle_rate_limit``,
     ``gatewatch_geo_lookup``, ``gatewatch_decision_signing_key``/``_kid``,
     ``gatewatch_decision_verify_keys`` (JSON ``{kid: secret}``),
     ``gatewatch_decision_signing_required``. Runs before authentication refuses (the
@@ -180,6 +192,7 @@ class Enforcement:
         self.spec: FeedSpec | None = None
         self.loaded = False
         self.throttle: GcraLimiter | None = None
+        self.username_throttle: GcraLimiter | None = None
         self.geo_lookup: GeoLookup | None = None
         self.after_login = LoginStage(self)
         self.verifier = DecisionVerifier.from_settings(load_settings())
@@ -200,6 +213,10 @@ class Enforcement:
                           "Length of an IPv6 prefix decision given as a bare address.")
         loader.add_option("gatewatch_throttle_rate_limit", str, format_rate_limit(s.throttle_rate_limit),
                           "Limit of a client under a throttle decision, 'RATE:BURST'.")
+        loader.add_option("gatewatch_username_throttle_rate_limit", str,
+                          format_rate_limit(s.username_throttle_rate_limit),
+                          "Limit of the login attempts on an account under a username throttle, all "
+                          "sources together, 'RATE:BURST'.")
         loader.add_option("gatewatch_geo_lookup", str, s.geo_lookup,
                           "'module:function' giving (asn, country) of a client IP, for asn/country decisions.")
         loader.add_option("gatewatch_decision_signing_key", str, s.decision_signing_key,
@@ -213,14 +230,16 @@ class Enforcement:
 
     def configure(self, updated: set[str]) -> None:
         o = ctx.options
-        if "gatewatch_throttle_rate_limit" in updated:
-            try:
-                spec = parse_rate_limit(o.gatewatch_throttle_rate_limit)
-            except ValueError as exc:
-                raise exceptions.OptionsError(f"gatewatch_throttle_rate_limit: {exc}") from exc
-            if spec is None:
-                raise exceptions.OptionsError("gatewatch_throttle_rate_limit cannot be 'off'")
-            self.throttle = GcraLimiter(spec)
+        for name, attr in (("gatewatch_throttle_rate_limit", "throttle"),
+                           ("gatewatch_username_throttle_rate_limit", "username_throttle")):
+            if name in updated:
+                try:
+                    spec = parse_rate_limit(getattr(o, name))
+                except ValueError as exc:
+                    raise exceptions.OptionsError(f"{name}: {exc}") from exc
+                if spec is None:
+                    raise exceptions.OptionsError(f"{name} cannot be 'off'")
+                setattr(self, attr, GcraLimiter(spec))
         if "gatewatch_geo_lookup" in updated:
             try:
                 self.geo_lookup = load_geo_lookup(o.gatewatch_geo_lookup)
@@ -330,10 +349,14 @@ class Enforcement:
             retry = max(1, math.ceil(active.expires - now))
             json_answer(flow, 403, blocked_body(active), "decision", {"Retry-After": str(retry)})
             return
-        if self.throttle is None:
+        if active.scope == "username":   # the account, whatever the source (module docstring)
+            limiter, bucket = self.username_throttle, active.key()
+        else:
+            limiter, bucket = self.throttle, f"{active.key()}|{facts.client_ip}"
+        if limiter is None:
             return
         facts.decision_id = active.id
-        wait = self.throttle.hit(f"{active.key()}|{facts.client_ip}", time.monotonic())
+        wait = limiter.hit(bucket, time.monotonic())
         if wait > 0:
             self.stats.throttled += 1
             flowtags.mark_blocked(flow, "throttle")

@@ -389,6 +389,42 @@ def test_addon_scopes_throttle_allow_list_and_username_stage(tmp_path):
     asyncio.run(go())
 
 
+def test_username_throttle_counts_the_account_across_sources():
+    """A distributed attack tries one account from many addresses, a few attempts each:
+    the username throttle's bucket is the account, so the 4th attempt is refused
+    whatever address it comes from, while another account and a throttle on an ASN
+    (per address) keep their own budgets."""
+    async def go():
+        routes, enf, login = Routes(), Enforcement(), Login()
+        chain = [routes, enf, login, enf.after_login]
+        with taddons.context(*chain) as tctx:
+            tctx.configure(enf, gatewatch_bootstrap_servers="127.0.0.1:1",
+                           gatewatch_throttle_rate_limit="0.01:2",
+                           gatewatch_username_throttle_rate_limit="0.01:3",
+                           gatewatch_geo_lookup="geo_fixture:lookup")
+            tctx.configure(login, gatewatch_username_hash_key="k")
+            throttled = live("username", username_hash("k", "victim"), "throttle")
+            for d in (throttled, live("asn", "AS64501", "throttle")):
+                signed_apply(enf, d.key().encode(), d.to_json(), time.time())
+
+            async def attempt(peer: str, user: str) -> int:
+                flow = await run_flow(tctx, chain, make_flow(
+                    peer=peer, path="/login", method="POST", headers={"Content-Type": "application/json"},
+                    body=json.dumps({"username": user, "password": "x"}).encode()))
+                return flow.response.status_code
+
+            # one attempt from each of six addresses: the account's burst of 3, then 429
+            assert [await attempt(f"203.0.113.{i}", "victim") for i in range(1, 7)] == [200] * 3 + [429] * 3
+            code = await attempt("203.0.114.1", "someone-else")
+            assert code == 200
+            # AS64501 (geo_fixture: 198.51.100.0/24): each address has its own budget of 2
+            statuses = [await attempt(peer, "bob") for peer in ("198.51.100.1", "198.51.100.1",
+                                                                 "198.51.100.1", "198.51.100.2")]
+            assert statuses == [200, 200, 429, 200]
+        assert enf.stats.throttled == 4
+    asyncio.run(go())
+
+
 def test_broken_geo_hook_is_counted_and_fails_open():
     async def go():
         routes, enf = Routes(), Enforcement()
