@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 SCHEMA_VERSION = 1
 
@@ -83,18 +83,23 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def _utc(value: datetime) -> datetime:
+    # Naive datetimes are taken as UTC so that every timestamp compares.
+    if value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value
+
+
+#: A timestamp field: a naive value is taken as UTC. Attached to the datetime fields
+#: only — a validator on every field ("*") cost ~1.5 µs of the ~5 µs a request event
+#: takes to parse (measured with bench/pipeline.py's traffic).
+UtcDatetime = Annotated[datetime, AfterValidator(_utc)]
+
+
 class _Record(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
     v: int = SCHEMA_VERSION
-
-    @field_validator("*", mode="after")
-    @classmethod
-    def _utc(cls, value: Any) -> Any:
-        # Naive datetimes are taken as UTC so that every timestamp compares.
-        if isinstance(value, datetime) and value.tzinfo is None:
-            return value.replace(tzinfo=timezone.utc)
-        return value
 
     def to_json(self) -> bytes:
         """Serialise to the wire format (UTF-8 JSON bytes)."""
@@ -109,7 +114,7 @@ class RequestEvent(_Record):
     """
 
     event_id: str = Field(description="Random id (32 hex); also sent to the client as X-Request-Id.")
-    ts: datetime = Field(description="When the gateway received the request (UTC).")
+    ts: UtcDatetime = Field(description="When the gateway received the request (UTC).")
     client_ip: str = Field(description="Client address as text, IPv4 or IPv6.")
     method: str
     host: str
@@ -143,7 +148,7 @@ class Detection(_Record):
     """
 
     detection_id: str = Field(default_factory=new_id)
-    ts: datetime = Field(description="Event time at which the detector fired (UTC).")
+    ts: UtcDatetime = Field(description="Event time at which the detector fired (UTC).")
     detector: str = Field(description="Detector name, e.g. credential_stuffing.")
     scope: DetectionScope
     value: str
@@ -171,8 +176,8 @@ class Decision(_Record):
     reason: str = ""
     detector: str = Field("", description="Detector name, or 'manual' for the CLI.")
     evidence: dict[str, Any] = Field(default_factory=dict)
-    created_at: datetime
-    expires_at: datetime
+    created_at: UtcDatetime
+    expires_at: UtcDatetime
     origin: Literal["detector", "cli"] = "detector"
     detection_id: str | None = None
 
