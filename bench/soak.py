@@ -31,9 +31,18 @@ What it does, on this machine, 127.0.0.1 only:
    reads ``event_id_counts`` (physical rows per event id, no FINAL) through the
    worker's read API and checks every ``X-Request-Id`` the client received.
 
+Windows: a worker's state grows, by design, until its longest window has filled
+(the login aggregates keep 600 s, BOLA 300 s by default), so RSS can only be flat
+after that. To see the steady state within a 10-minute run, the soak runs the stack
+with those windows shortened (:data:`SOAK_WINDOWS`, at most 120 s) and a warm-up of
+the longest window in effect plus one minute (:func:`default_warmup_s`); a leak
+still grows after it, only the level of the plateau is lower than with the default
+windows. ``--default-windows`` runs the stack's own windows (then use a warm-up past
+600 s and a run of 20 minutes or more).
+
 Verdict (bounds are constants here and options on the command line):
 
-* **RSS flat after warm-up**, per process: the samples after ``--warmup-s`` (at most a
+* **RSS flat after warm-up**, per process: the samples after the warm-up (at most a
   third of the run) are fitted with a least-squares line (slope, MB/min) and the
   growth = median of the last half − the first sample after warm-up must be at most
   max(:data:`RSS_GROWTH_MB`, :data:`RSS_GROWTH_FRACTION` × that first sample). A leak of
@@ -85,7 +94,7 @@ from gatewatch.demo import make_keys  # noqa: E402
 from gatewatch.launcher import Stack, signals_raise_interrupt  # noqa: E402
 from gatewatch.netutil import wait_for_port  # noqa: E402
 from gatewatch.sample_api import ORDERS_PER_USER, password_for  # noqa: E402
-from gatewatch.settings import load_settings  # noqa: E402
+from gatewatch.settings import GatewatchSettings, load_settings  # noqa: E402
 from gatewatch.traffic import leaked_credentials  # noqa: E402
 from gatewatch.worker_api import WorkerApi  # noqa: E402
 
@@ -99,6 +108,14 @@ REQUEST_TIMEOUT_S = 10.0
 RSS_GROWTH_MB = 16.0
 RSS_GROWTH_FRACTION = 0.05
 #: Share of each kind of request (normalised): mostly benign, a small attack component.
+#: Windows the soak shortens (module docstring): settings field → overrides.
+SOAK_WINDOWS: dict[str, dict[str, float]] = {
+    "credential_stuffing": {"aggregate_window_s": 120.0},
+    "bola": {"window_s": 120.0},
+}
+#: Margin (s) after the longest window before RSS is judged: the windows' expiry runs
+#: on event time, up to a sample period late.
+WARMUP_MARGIN_S = 60.0
 MIX = {"benign": 0.955, "stuffing": 0.02, "bola": 0.01, "anonymous": 0.015}
 ATTACKER_IP = "185.220.101.7"  # data only: sent as X-Forwarded-For, no packet leaves 127.0.0.1
 BOLA_IP = "45.155.205.33"
@@ -509,6 +526,32 @@ def print_report(result: dict[str, Any], v: dict[str, Any], samples_table: bool)
           + f" → {v['verdict'].upper()}")
 
 
+def soak_settings(run_dir: Path, default_windows: bool) -> GatewatchSettings:
+    """The stack's settings: keys file, a free port, 127.0.0.1 as the trusted proxy and,
+    unless ``default_windows``, the windows of :data:`SOAK_WINDOWS`."""
+    base = load_settings()
+    windows = {} if default_windows else {
+        field: getattr(base, field).model_copy(update=changes) for field, changes in SOAK_WINDOWS.items()}
+    return load_settings(keys_file=run_dir / "keys.toml", listen_port=0, trusted_proxies=["127.0.0.1/32"],
+                         **windows)
+
+
+def longest_window_s(settings: GatewatchSettings) -> float:
+    """The longest span (s) over which the worker's per-key state fills with this traffic:
+    the windows of credential stuffing (per IP and aggregate), BOLA, and latency (the open
+    window and the one closing; its baseline is an EWMA of fixed size). The other state
+    (geo, behaviour, BOLA's ids per principal) is per principal, which the soak's fixed
+    users bound."""
+    cs = settings.credential_stuffing
+    return max(cs.window_s, cs.aggregate_window_s, cs.spike_bucket_s, settings.bola.window_s,
+               2 * settings.latency.window_s)
+
+
+def default_warmup_s(settings: GatewatchSettings) -> float:
+    """Warm-up (s) before RSS is judged: the longest window plus :data:`WARMUP_MARGIN_S`."""
+    return longest_window_s(settings) + WARMUP_MARGIN_S
+
+
 def run(args: argparse.Namespace, warmup_s: float) -> dict[str, Any]:
     """Start the stack, soak it, check the store, stop it; the raw result (no verdict)."""
     code = code_version()
@@ -517,7 +560,7 @@ def run(args: argparse.Namespace, warmup_s: float) -> dict[str, Any]:
     rng = random.Random(args.seed)
     users = [User(n, user_address(n), key, stale_ids=(rng.randint(90_000, 99_999), rng.randint(90_000, 99_999)))
              for n, key in enumerate(keys, 1)]
-    settings = load_settings(keys_file=run_dir / "keys.toml", listen_port=0, trusted_proxies=["127.0.0.1/32"])
+    settings = soak_settings(run_dir, args.default_windows)
     stack = Stack(settings, run_dir / "stack", sample_api=True, sample_api_args=["--users", str(args.users + 1)])
     log = ClientLog()
     machine_load = os.getloadavg()
@@ -526,6 +569,10 @@ def run(args: argparse.Namespace, warmup_s: float) -> dict[str, Any]:
     print(f"soak: {args.rate:.0f} req/s for {args.duration:.0f} s, sample every {args.sample_s:.0f} s, "
           f"warm-up {warmup_s:.0f} s; load average before start {machine_load[0]:.2f} "
           f"({os.cpu_count()} CPUs); run dir {run_dir}", flush=True)
+    print("windows: " + ("the stack's defaults" if args.default_windows else
+                         ", ".join(f"{field}.{name}={value:.0f} s" for field, changes in SOAK_WINDOWS.items()
+                                   for name, value in changes.items()))
+          + f"; longest window {longest_window_s(settings):.0f} s", flush=True)
     t0 = time.monotonic()
     try:
         with signals_raise_interrupt():
@@ -548,6 +595,7 @@ def run(args: argparse.Namespace, warmup_s: float) -> dict[str, Any]:
         "load_average_before": machine_load, "load_average_after": os.getloadavg(), "code": code,
         "args": {k: str(x) if isinstance(x, Path) else x for k, x in vars(args).items()},
         "rate": args.rate, "mix": MIX,
+        "windows": {} if args.default_windows else SOAK_WINDOWS, "longest_window_s": longest_window_s(settings),
         "client": {"answered": log.answered, "shed": log.shed, "errors": dict(log.errors),
                    "no_request_id": log.no_request_id, "repeated_ids": log.repeated_ids,
                    "blocked": dict(log.blocked), "statuses": dict(log.statuses), "by_kind": dict(log.by_kind)},
@@ -560,8 +608,11 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=300.0, help="requests/s offered")
     parser.add_argument("--duration", type=float, default=600.0, help="seconds of traffic")
     parser.add_argument("--sample-s", type=float, default=10.0, help="seconds between samples")
-    parser.add_argument("--warmup-s", type=float, default=120.0,
-                        help="seconds before RSS is judged (at most a third of the run)")
+    parser.add_argument("--warmup-s", type=float, default=None,
+                        help="seconds before RSS is judged (at most a third of the run; default: the "
+                             "longest window in effect + 60 s)")
+    parser.add_argument("--default-windows", action="store_true",
+                        help="run the stack's own windows instead of SOAK_WINDOWS")
     parser.add_argument("--users", type=int, default=200, help="benign users (one API key each)")
     parser.add_argument("--max-lag-s", type=float, default=5.0,
                         help="lag bound in seconds of traffic (max lag ≤ this × rate)")
@@ -584,8 +635,12 @@ def main() -> None:
         for sample in result["samples"]:
             sample.pop("answered_not_stored", None)
     else:
+        if args.warmup_s is None:
+            args.warmup_s = default_warmup_s(soak_settings(Path("."), args.default_windows))
         result = run(args, min(args.warmup_s, args.duration / 3))
         duration = args.duration
+    if args.warmup_s is None:
+        args.warmup_s = float(result["args"]["warmup_s"])
     result["verdict"] = judge(result, min(args.warmup_s, duration / 3), args.max_lag_s)
     print_report(result, result["verdict"], samples_table=args.report is not None)
     args.out.parent.mkdir(parents=True, exist_ok=True)
