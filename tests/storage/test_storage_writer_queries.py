@@ -9,7 +9,8 @@ import pytest
 
 from gatewatch.events import Decision, Detection, RequestEvent, new_id
 from storage.queries import QUERIES, QueryParamError, UnknownQuery, bind_params, run_query
-from storage.writer import write_decisions, write_detections, write_requests
+from storage.writer import (REQUEST_COLUMNS, REQUEST_INSERT_TYPES, write_decisions, write_detections,
+                            write_requests)
 
 T0 = datetime(2025, 3, 1, 12, tzinfo=timezone.utc)
 ATTACKER = "203.0.113.7"
@@ -105,6 +106,15 @@ def test_ip_addresses_round_trip_as_text(store) -> None:
     assert [r[0] for r in rows] == ["::ffff:10.1.2.3", "2001:db8::7"]
     assert _rows(run_query(store, "ip_timeline", {"ip": "10.1.2.3"}))[0]["requests"] == 1
     assert _rows(run_query(store, "ip_timeline", {"ip": "::ffff:10.1.2.3"}))[0]["requests"] == 1
+
+
+def test_declared_request_insert_types_are_the_tables(store) -> None:
+    # The writer declares the column types instead of asking the engine each insert; client_ip
+    # goes as 16 bytes into the IPv6 column.
+    engine = {name: type_ for name, type_, *_ in store.query("DESCRIBE TABLE requests").result_rows}
+    declared = dict(zip(REQUEST_COLUMNS, REQUEST_INSERT_TYPES, strict=True))
+    assert declared.pop("client_ip") == "FixedString(16)" and engine["client_ip"] == "IPv6"
+    assert declared == {name: engine[name] for name in declared}
 
 
 def test_timestamps_keep_their_instant(store) -> None:
