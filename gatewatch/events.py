@@ -19,10 +19,11 @@ skip a bad message instead of crashing.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import TzInfo
 
 SCHEMA_VERSION = 1
 
@@ -83,16 +84,27 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+_ZERO = timedelta(0)
+
+
 def _utc(value: datetime) -> datetime:
     # Naive datetimes are taken as UTC so that every timestamp compares.
-    if value.tzinfo is None:
+    tz = value.tzinfo
+    if tz is None:
         return value.replace(tzinfo=timezone.utc)
+    # A fixed UTC offset of zero becomes the one `timezone.utc` (same instant, same offset,
+    # same wire form): pydantic gives every parsed "Z" timestamp its own TzInfo object, which
+    # made each comparison of two event times call both offsets (~380 ns instead of ~30 ns),
+    # ts.timestamp() ~2.7 times slower, and left one more object per event to the garbage
+    # collector. Zone-based tzinfos (DST rules) are left as they are.
+    if tz is not timezone.utc and isinstance(tz, (TzInfo, timezone)) and tz.utcoffset(value) == _ZERO:
+        return value.astimezone(timezone.utc)  # ~0.36 µs; value.replace(tzinfo=...) ~0.75 µs
     return value
 
 
-#: A timestamp field: a naive value is taken as UTC. Attached to the datetime fields
-#: only — a validator on every field ("*") cost ~1.5 µs of the ~5 µs a request event
-#: takes to parse (measured with bench/pipeline.py's traffic).
+#: A timestamp field: a naive value is taken as UTC, a zero offset is ``timezone.utc``.
+#: Attached to the datetime fields only — a validator on every field ("*") cost ~1.5 µs
+#: of the ~5 µs a request event takes to parse (measured with bench/pipeline.py's traffic).
 UtcDatetime = Annotated[datetime, AfterValidator(_utc)]
 
 
