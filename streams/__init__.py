@@ -1,13 +1,17 @@
-"""The gatewatch stream worker (Faust): topics, agents that run detectors and
+"""The gatewatch stream worker (Faust): topics, consumers that run detectors and
 emit detections/decisions, the ClickHouse sink and the worker's read API.
 
 The request topic is read by ``requests_consumer`` (aiokafka batches: the hot
 path, parsed once), which hands each batch to ``detect_requests`` (per-IP
 credential stuffing, and re-keying (``rekey``) of what the other detectors
-need) and to the ClickHouse sink; it commits offsets and replay points
-(``checkpoints``) once both are done, so a restart rebuilds the windows exactly.
+need) and to the ClickHouse sink. The re-keyed topics are read the same way
+(``rekeyed_consumer``), each by its detectors. All of them
+(``checkpointed_consumer``, started by ``consumers``) commit offsets and replay
+points (``checkpoints``) once what they read is handled, so a restart rebuilds
+the windows exactly; re-keyed events sent twice around a crash are dropped by
+their origin (``resends``).
 
-Agents (one module each, thin: read a batch, call a detector, send results on):
+Detectors by topic (one module each, thin: the detector per partition, its replay span):
 
 * ``detect_logins`` — aggregate credential-stuffing rules over every login (one partition);
 * ``detect_bola`` — BOLA enumeration over requests re-keyed by principal;
@@ -15,10 +19,13 @@ Agents (one module each, thin: read a batch, call a detector, send results on):
 * ``detect_geo`` — geo anomalies (impossible travel, new country) over requests
   re-keyed by principal, located with the DB-IP city database;
 * ``detect_behaviour`` — behaviour outliers: per-principal 5-minute windows scored by the
-  Isolation Forest that ``gatewatch train`` fitted (shadow by default; off without a model file);
+  Isolation Forest that ``gatewatch train`` fitted (shadow by default; off without a model file).
+
+Faust agents:
+
 * ``alert`` — detections and decisions to Alertmanager or a webhook (when configured);
-* ``sink`` — requests, detections and decisions into ClickHouse, through the
-  store spool (``store_spool``) while ClickHouse fails.
+* ``sink`` — detections and decisions into ClickHouse (requests come from the
+  request consumer), through the store spool (``store_spool``) while ClickHouse fails.
 
 Detections go through one decision policy (``decide``); merged re-keyed streams
 give their detectors a low watermark as clock (``watermarks``, ``merged``).

@@ -4,9 +4,7 @@ Importing the agent and view modules registers them on the app.
 """
 
 # Importing registers the agents and views on the app.
-from streams import (  # noqa: F401
-    alert, detect_behaviour, detect_bola, detect_geo, detect_latency, detect_logins, metrics, requests_consumer,
-    sink, web)
+from streams import alert, consumers, metrics, sink, web  # noqa: F401
 from streams.app import app
 
 

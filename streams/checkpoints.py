@@ -1,15 +1,23 @@
-"""Replay points: where a restarted worker must start reading a partition of the
-request topic so that its per-IP windows are exactly what they were.
+"""Replay points: where a restarted worker must start reading a partition (of the
+request topic or of a re-keyed topic) so that its detectors' windows are exactly
+what they were.
 
 A partition's committed offset ``C`` says what was fully handled (stored,
-re-keyed, detections sent). The windows of the per-IP detector also hold the
-events of the last ``window_s`` seconds before ``C``; the smallest offset
-still inside that span is the partition's **replay point** ``R``. On
-assignment, the worker seeks to ``R`` and feeds ``[R, C)`` to the detector
+re-keyed, detections sent). The windows of the detectors also hold the events
+of the last ``window_s`` seconds before ``C`` (the replay span: the longest
+window plus quiet period of the detectors reading the topic); the smallest
+offset still inside that span is the partition's **replay point** ``R``. On
+assignment, the worker seeks to ``R`` and feeds ``[R, C)`` to the detectors
 *warm* (state only: nothing emitted, stored or re-keyed), then handles ``C``
-onwards as usual. The detector then crosses its threshold at the same event
+onwards as usual. The detectors then cross their thresholds at the same event
 as if nothing had happened, and the decision policy, seeded from the
 decisions topic, does not decide twice.
+
+A re-keyed partition merges several request partitions, each at its own pace:
+the span is then counted back from the partition's low watermark (the least
+progress of its sources, :mod:`streams.watermarks`) when that is older than
+its newest event, so that the windows of a lagging source's keys are rebuilt
+too (up to :data:`KEEP_SPANS` spans behind the newest event).
 
 Tansu keeps no metadata with committed offsets (measured: it answers ``''``),
 so replay points are published on their own topic (``topic_checkpoints``, one
@@ -88,6 +96,8 @@ class ReplayPoints:
     0
     >>> points.replay_from(1, committed=7)   # nothing seen: no replay
     7
+    >>> points.replay_from(0, committed=5, low_s=1050.0)   # a source still at 1050: from 986 on
+    0
     """
 
     def __init__(self, window_s: float, margin_s: float = LATENESS_MARGIN_S) -> None:
@@ -109,19 +119,22 @@ class ReplayPoints:
         while len(seconds) > 1 and seconds[1][0] <= horizon:
             seconds.popleft()
 
-    def replay_from(self, partition: int, committed: int) -> int:
+    def replay_from(self, partition: int, committed: int, low_s: float | None = None) -> int:
         """The offset from which to replay ``partition`` for a restart at ``committed``
         (``committed`` itself when nothing of the partition was observed).
 
-        The windows at ``committed`` end at the newest second seen before it; the
-        replay starts at the first second within ``window_s`` + margin of that."""
+        The windows at ``committed`` end at the newest second seen before it, or at
+        ``low_s`` (epoch s: the low watermark of a merged partition) if that is
+        earlier; the replay starts at the first second within ``window_s`` + margin
+        of that (every event before it is older)."""
         state = self._partitions.get(partition)
         if state is None or not state.seconds:
             return committed
         before = [second for second, offset in state.seconds if offset < committed]
         if not before:
             return min(state.seconds[0][1], committed)
-        horizon = before[-1] + 1 - self.span_s
+        end = before[-1] if low_s is None else min(before[-1], int(low_s))
+        horizon = end + 1 - self.span_s
         for second, offset in state.seconds:
             if second + 1 > horizon:
                 return min(offset, committed)

@@ -11,6 +11,10 @@ by two workers (the same IP banned by credential stuffing on one and by BOLA
 for an anonymous caller on another) can get a decision from each, and its
 escalation history is split. The gateway keeps one decision per key either way.
 
+At start-up, :func:`seed_policy` feeds the policy the active detector decisions
+on the decisions topic, so that a detection repeated after a restart (a replay
+crossing its threshold again, a redelivered tail) decides nothing twice.
+
 Allow entries (``gatewatch allowlist``) are not split: every worker follows all of
 them (:mod:`streams.allow_entries`) and the policy issues no decision against a
 value they cover; the detection is still sent, with ``evidence["policy"] =
@@ -19,11 +23,14 @@ value they cover; the detection is still sent, with ``evidence["policy"] =
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Iterable
+from datetime import datetime, timezone
 from typing import TypeVar
 
 from detectors.decision_policy import DecisionPolicy
+from gatewatch.decision_feed import read_decisions
 from gatewatch.events import Detection, decision_key
 from streams import counters
 from streams.allow_entries import allow_list
@@ -33,7 +40,31 @@ from streams.topics import decision_signer, decisions_topic, detections_topic
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+#: Longest wait to read the decisions topic at start-up (s).
+READ_TIMEOUT_S = 30.0
+
 policy = DecisionPolicy.from_settings(settings)
+
+
+async def seed_policy() -> None:
+    """Feed the policy the active detector decisions on the decisions topic (read to its
+    end; counted as ``policy_seeded_decisions``). An unreachable broker leaves it empty,
+    logged: a repeated decision then has the same id and replaces the first."""
+    try:
+        decisions = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: read_decisions(settings, timeout_s=READ_TIMEOUT_S))
+    except Exception as exc:
+        log.warning("decisions topic not read at start-up (%s: %s); the policy starts empty",
+                    type(exc).__name__, exc)
+        return
+    now = datetime.now(timezone.utc)
+    seeded = 0
+    for decision in decisions.active(now):
+        if decision.origin == "detector":
+            policy.remember(decision)
+            seeded += 1
+    counters.incr("policy_seeded_decisions", seeded)
+    log.info("decision policy seeded with %d active decisions", seeded)
 
 
 async def publish(detections: Iterable[Detection]) -> None:

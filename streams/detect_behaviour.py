@@ -1,19 +1,26 @@
-"""Agent: behaviour outliers per principal (:mod:`detectors.behaviour`) over requests re-keyed
-by principal (``topic_requests_by_principal``), so each principal's windows live on one worker.
+"""Behaviour outliers per principal (:mod:`detectors.behaviour`) over requests re-keyed
+by principal (``topic_requests_by_principal``), so each principal's windows live on one
+worker: one detector per by-principal partition (:mod:`streams.rekeyed_consumer`).
 
 The model file (``settings.behaviour.model_path``, written by ``gatewatch
-train``) is read once, when the agent starts. With no file the agent logs it
-once and does nothing (it still reads its topic); a file it cannot use
-(untrusted types, another feature set, unreadable) is logged the same way.
+train``) is read once, when the first partition is assigned. With no file it is
+logged once and nothing is detected; a file that cannot be used (untrusted
+types, another feature set, unreadable) is logged the same way.
 Detections go through :func:`streams.decide.publish`: the decision policy's
 ``behaviour`` settings are in shadow by default, so they are recorded with
 ``evidence["policy"] = "shadow"`` and no decision is issued.
 
 Windows close on event time: each event is counted with the watermark of its
-own partition (late ones are dropped, ``behaviour_late_events``), and after
-each batch the windows that ended before the least watermark of every
-partition this worker reads are judged — the request agent's once-a-second
-progress messages move it on, so a principal that went quiet is judged too.
+partition (late ones are dropped, ``behaviour_late_events``), and after each
+batch the windows that ended before the partition's new watermark are judged —
+the request consumer's once-a-second progress messages move it on, so a
+principal that went quiet is judged too.
+
+After a restart the last :data:`REPLAY_S` seconds of the partition are replayed
+(more, as the other by-principal detectors need it). Exact: the open windows.
+Not exact: the countries each principal was seen in before the replayed span
+(kept up to ``behaviour.state_ttl_s`` live), so the new-country feature can be 1
+after a restart for a country seen earlier.
 """
 
 from __future__ import annotations
@@ -23,15 +30,13 @@ import logging
 from datetime import datetime
 
 from detectors.behaviour import BehaviourDetector
+from detectors.behaviour_features import WINDOW_S
 from detectors.behaviour_model import BehaviourModel
 from gatewatch.events import Detection, RequestEvent
 from gatewatch.model_file import ModelFileError, ModelFileMissing, load_model_file, version_mismatch
 from gatewatch.settings import BehaviourSettings
 from streams import counters
-from streams.app import app, settings
-from streams.decide import publish
-from streams.merged import MergedInput
-from streams.topics import by_principal_topic
+from streams.app import settings
 
 log = logging.getLogger(__name__)
 
@@ -58,42 +63,42 @@ def load_detector(cfg: BehaviourSettings) -> BehaviourDetector | None:
     return detector
 
 
-class CountOnly:
-    """``process(event, now)`` that only counts the event in its window (late ones dropped):
-    windows are judged after the batch, on the least watermark (module docstring)."""
+#: Seconds of event time replayed for behaviour: a window and its allowed lateness.
+REPLAY_S = WINDOW_S + settings.behaviour.allowed_lateness_s
+
+
+class BehaviourStage:
+    """The detector as a stage: a message's events are only counted in their windows (late
+    ones dropped); windows are judged when the partition's watermark has passed them."""
 
     def __init__(self, detector: BehaviourDetector) -> None:
         self.detector = detector
 
-    def process(self, event: RequestEvent, now: datetime) -> list[Detection]:
-        self.detector.add(event, now)
+    def process(self, items: list[RequestEvent], now: datetime) -> list[Detection]:
+        for event in items:
+            self.detector.add(event, now)
         return []
+
+    def advance(self, watermark: datetime) -> list[Detection]:
+        late = self.detector.late_events
+        found = self.detector.advance(watermark)
+        if self.detector.late_events > late:
+            counters.incr("behaviour_late_events", self.detector.late_events - late)
+        return found
 
 
 @functools.cache
-def worker_detector() -> BehaviourDetector | None:
-    """This worker's detector, loaded (and logged) once — when the agent first starts,
-    after Faust has set up logging."""
-    return load_detector(settings.behaviour)
+def worker_model() -> BehaviourModel | None:
+    """This worker's model, loaded (and logged) once — when the first partition's detectors are
+    built, after Faust has set up logging."""
+    detector = load_detector(settings.behaviour)
+    return None if detector is None else detector.model
 
 
-by_principal_behaviour = MergedInput("by_principal_behaviour")
-
-
-@app.agent(by_principal_topic)
-async def detect_behaviour(stream):  # type: ignore[no-untyped-def]
-    """Consume batches of principals' requests; emit behaviour-outlier detections."""
-    detector = worker_detector()
-    counting = CountOnly(detector) if detector is not None else None
-    async for batch in stream.take_events(settings.detector_batch_size,
-                                          within=settings.detector_batch_within_s):
-        if counting is None:
-            continue
-        late = counting.detector.late_events
-        found = by_principal_behaviour.detect(batch, counting)
-        now = by_principal_behaviour.low_watermark()
-        if now is not None:
-            found += counting.detector.advance(now)
-        if counting.detector.late_events > late:
-            counters.incr("behaviour_late_events", counting.detector.late_events - late)
-        await publish(found)
+def stages() -> list[BehaviourStage]:
+    """The behaviour detector of one by-principal partition (the model is shared); none
+    without a usable model file."""
+    model = worker_model()
+    if model is None:
+        return []
+    return [BehaviourStage(BehaviourDetector.from_settings(model, settings.behaviour))]

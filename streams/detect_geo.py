@@ -1,9 +1,20 @@
-"""Agent: geo anomalies per principal (impossible travel, new country, country policy)
-over requests re-keyed by principal (``topic_requests_by_principal``), so one
-principal's history lives on one worker. The I/O of locating an address (the
-DB-IP city ``.mmdb``, :mod:`gatewatch.geoip`) happens here; the detector
-(:mod:`detectors.geo`) stays pure. Without geo data the agent counts
-``geo_unavailable`` and detects nothing (``gatewatch geo install`` fixes it).
+"""Geo anomalies per principal (impossible travel, new country, country policy) over
+requests re-keyed by principal (``topic_requests_by_principal``), so one principal's
+history lives on one worker: one detector per by-principal partition
+(:mod:`streams.rekeyed_consumer`). The I/O of locating an address (the DB-IP city
+``.mmdb``, :mod:`gatewatch.geoip`, opened once) happens here; the detector
+(:mod:`detectors.geo`) stays pure. Without geo data it counts ``geo_unavailable``
+and detects nothing (``gatewatch geo install`` fixes it).
+
+After a restart the by-principal partition's replay (the longest span of its
+detectors, see :mod:`streams.detect_bola`) rebuilds a principal's history from
+the replayed requests only: its last location, if it called within the span
+(impossible travel is then judged as without the restart). **Not exact** — a
+principal's history spans ``geo_anomaly.state_ttl_s`` (30 days), far beyond any
+replay: its learning period (``learning_s``, 7 days) starts over, so new
+countries are not reported for it until it has been learned again, and its
+countries seen before are forgotten. :data:`REPLAY_S` is 0: geo adds nothing to
+the span.
 """
 
 from __future__ import annotations
@@ -15,10 +26,8 @@ from detectors.geo import GeoAnomalyDetector, GeoPoint
 from gatewatch.events import Detection, RequestEvent
 from gatewatch.geoip import GeoDataError, GeoIp
 from streams import counters
-from streams.app import app, settings
-from streams.decide import publish
-from streams.merged import MergedInput
-from streams.topics import by_principal_topic
+from streams.app import settings
+from streams.merged import EventStage
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +59,14 @@ def _open_geo() -> GeoIp | None:
         return None
 
 
-detector = LocatedGeoDetector(GeoAnomalyDetector.from_settings(settings.geo_anomaly), _open_geo())
-by_principal_geo = MergedInput("by_principal_geo")
+#: Seconds of event time geo needs replayed: none (see the module docstring).
+REPLAY_S = 0.0
+_db = _open_geo()
 
 
-@app.agent(by_principal_topic)
-async def detect_geo(stream):  # type: ignore[no-untyped-def]
-    """Consume batches of principals' requests; emit geo-anomaly detections."""
-    async for batch in stream.take_events(settings.detector_batch_size,
-                                          within=settings.detector_batch_within_s):
-        await publish(by_principal_geo.detect(batch, detector))
+def stages() -> list[EventStage]:
+    """The geo detector of one by-principal partition (the city database is shared); none
+    without geo data."""
+    if _db is None:
+        return []
+    return [EventStage(LocatedGeoDetector(GeoAnomalyDetector.from_settings(settings.geo_anomaly), _db), "geo")]

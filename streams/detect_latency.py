@@ -1,62 +1,60 @@
-"""Agent: latency regression per route over samples re-keyed by route
-(``topic_requests_by_route``), so each route's windows live on one partition.
+"""Latency regression per route over samples re-keyed by route (``topic_requests_by_route``),
+so each route's windows live on one partition: one detector per by-route partition
+(:mod:`streams.rekeyed_consumer`).
 
 A by-route partition merges the samples of every request partition, each in
 event-time order but at its own pace; a minute window closes once the
 partition's low watermark — the least progress of its active sources
 (:mod:`streams.watermarks`) — has passed its end plus ``allowed_lateness_s``.
-So samples are added first, then each partition's series are flushed up to
-that partition's watermark. Alert only: the policy issues no decision.
+So a message's samples are added first, then the partition's series are
+flushed up to its new watermark (:mod:`streams.merged`). Alert only: the policy
+issues no decision.
+
+After a restart the last :data:`REPLAY_S` seconds of the partition are
+replayed into a fresh detector. Exact: the open minute windows (their
+percentiles below ``max_samples_per_window``; above it the reservoir's random
+draws differ). Not exact: the baseline, the runs of bad and good windows and
+whether a route is raised — they are relearned from the replayed windows
+(``baseline_windows`` of warm-up, then ``bad_windows`` + 1 judged) instead of
+the route's whole history, so a regression raised before a restart may not get
+its recovery, or may be raised again.
 """
 
 from __future__ import annotations
 
-import time
+from datetime import datetime
 
 from detectors.latency import LatencyRegressionDetector
 from gatewatch.events import Detection
 from streams import counters
-from streams.app import app, settings
-from streams.decide import detect_each, publish
-from streams.merged import SOURCE_IDLE_S
-from streams.rekey import unpack_samples
-from streams.topics import by_route_topic, parse_or_count
-from streams.watermarks import SourceWatermarks, to_datetime
+from streams.app import settings
 
-detector = LatencyRegressionDetector.from_settings(settings.latency)
-watermarks = SourceWatermarks(expected_sources=settings.requests_partitions, idle_s=SOURCE_IDLE_S)
-series_of_partition: dict[int, set[str]] = {}
+_cfg = settings.latency
+#: Seconds of event time replayed: enough windows to relearn a baseline and judge a run of bad
+#: ones, plus the allowed lateness.
+REPLAY_S = _cfg.window_s * (_cfg.baseline_windows + _cfg.bad_windows + 1) + _cfg.allowed_lateness_s
 
 
-@app.agent(by_route_topic)
-async def detect_latency(stream):  # type: ignore[no-untyped-def]
-    """Consume batches of latency samples; emit regression and recovery detections."""
-    async for batch in stream.take_events(settings.detector_batch_size,
-                                          within=settings.detector_batch_within_s):
-        now_s = time.monotonic()
-        touched: set[int] = set()
-        for item in batch:
-            message = parse_or_count(unpack_samples, item.value, "malformed_by_route")
-            if message is None:
-                continue
-            partition = item.message.partition
-            touched.add(partition)
-            watermarks.update(partition, message.progress, now_s)
-            for series, samples in message.by_series.items():
-                counters.incr("events_by_route", len(samples))
-                series_of_partition.setdefault(partition, set()).add(series)
-                for ts, latency_ms, event_id in samples:
-                    detector.add(series, ts, latency_ms, event_id)
-        found = detect_each(lambda partition: _close(partition, now_s), sorted(touched), "latency")
-        if detector.late_samples:
-            counters.incr("latency_late_samples", detector.late_samples)
-            detector.late_samples = 0
-        await publish(found)
+class LatencyStage:
+    """The detector of one by-route partition as a stage: samples
+    ``(series, ts, latency_ms, event_id)`` are added, windows judged on the watermark."""
 
+    def __init__(self) -> None:
+        self.detector = LatencyRegressionDetector.from_settings(_cfg)
 
-def _close(partition: int, now_s: float) -> list[Detection]:
-    """Judge the windows of ``partition``'s series that its watermark has passed."""
-    watermark = watermarks.watermark(partition, now_s)
-    if watermark is None:
+    def process(self, items: list[tuple[str, datetime, float, str]], now: datetime) -> list[Detection]:
+        for series, ts, latency_ms, event_id in items:
+            self.detector.add(series, ts, latency_ms, event_id)
         return []
-    return detector.flush(to_datetime(watermark), series_of_partition.get(partition, ()))
+
+    def advance(self, watermark: datetime) -> list[Detection]:
+        found = self.detector.flush(watermark)
+        if self.detector.late_samples:
+            counters.incr("latency_late_samples", self.detector.late_samples)
+            self.detector.late_samples = 0
+        return found
+
+
+def stages() -> list[LatencyStage]:
+    """The latency detector of one by-route partition."""
+    return [LatencyStage()]

@@ -72,27 +72,28 @@ def _detector(partition: int) -> CredentialStuffingDetector:
     return detector
 
 
-async def handle(parsed: list[tuple[int, RequestEvent, bytes]]) -> None:
-    """Handle one batch of parsed events ``(partition, event, raw JSON)`` in offset order
-    per partition: per-IP detections out first, then the events re-keyed."""
-    for partition, event, _ in parsed:
+async def handle(parsed: list[tuple[int, int, RequestEvent, bytes]]) -> None:
+    """Handle one batch of parsed events ``(partition, offset, event, raw JSON)`` in offset
+    order per partition: per-IP detections out first, then the events re-keyed, each
+    with its origin (partition, offset: :mod:`streams.resends`)."""
+    for partition, _, event, _ in parsed:
         epoch = event.ts.timestamp()
         if epoch > progress.get(partition, 0.0):
             progress[partition] = epoch
     await publish(detect_each(_per_ip, parsed, "credential-stuffing (ip)"))
     if parsed and not _pending.events:
         _pending.since = time.monotonic()
-    for _, event, raw in parsed:
-        sort_event(_pending.rekeyed, event, raw)
+    for partition, offset, event, raw in parsed:
+        sort_event(_pending.rekeyed, event, raw, (partition, offset))
     _pending.events += len(parsed)
     if _pending.events >= REKEY_FLUSH_EVENTS or time.monotonic() - _pending.since >= REKEY_FLUSH_S:
         await _flush()
 
 
-def warm(parsed: list[tuple[int, RequestEvent, bytes]]) -> None:
+def warm(parsed: list[tuple[int, int, RequestEvent, bytes]]) -> None:
     """Feed already-handled events to the per-IP windows only (a restart's replay,
     :mod:`streams.checkpoints`): their detections were sent before, nothing is emitted."""
-    for partition, event, _ in parsed:
+    for partition, _, event, _ in parsed:
         try:
             _detector(partition).process(event, now=event.ts)
         except Exception:
@@ -120,8 +121,8 @@ async def flush_rekeyed() -> None:
         await _flush()
 
 
-def _per_ip(item: tuple[int, RequestEvent, bytes]) -> list[Detection]:
-    partition, event, _ = item
+def _per_ip(item: tuple[int, int, RequestEvent, bytes]) -> list[Detection]:
+    partition, _, event, _ = item
     return _detector(partition).process(event, now=event.ts)
 
 
@@ -132,10 +133,10 @@ async def _flush() -> None:
     async with _flush_lock:
         rekeyed, sent = _pending.rekeyed, dict(progress)
         _pending = _Pending()
-        for message in pack_events(rekeyed.logins, sent):
+        for message in pack_events(rekeyed.logins, sent, origins=rekeyed.login_origins):
             await logins_topic.send(value=message, partition=0)
         for partition, raws in rekeyed.by_principal.items():
-            for message in pack_events(raws, sent):
+            for message in pack_events(raws, sent, origins=rekeyed.principal_origins.get(partition)):
                 await by_principal_topic.send(value=message, partition=partition)
         for partition, by_series in rekeyed.by_route.items():
             for message in pack_samples(by_series, sent):

@@ -12,11 +12,13 @@ principals is 4 messages, not 400):
   ``principal:<id>``, or ``ip:<addr>`` for anonymous callers): upstream answers
   on routes with a ``{parameter}`` (for BOLA) and every upstream answer to an
   authenticated principal (for geo anomalies), as ``{"progress": {...},
-  "events": [original event JSON, ...]}`` — every event of one principal lands
-  on one partition, so its BOLA and geo state live on one worker;
+  "events": [original event JSON, ...], "src": [partition, offset, ...]}`` —
+  every event of one principal lands on one partition, so its BOLA and geo
+  state live on one worker;
 * **by route** (``topic_requests_by_route``; key ``"METHOD /route"``): only what
   the latency detector reads, ``{"progress": {...}, "samples": {"GET /x":
-  [[epoch_s, latency_ms, event_id], ...], ...}}`` — a tenth of the bytes;
+  [[epoch_s, latency_ms, event_id, partition, offset], ...], ...}}`` — a tenth
+  of the bytes;
 * **logins** (``topic_logins``, one partition): upstream-answered login
   attempts, shaped like the by-principal messages — the prefix/ASN/username/global
   windows of the credential-stuffing detector see every login, whatever the worker.
@@ -25,6 +27,14 @@ principals is 4 messages, not 400):
 agent reads to the newest event time it has processed (epoch seconds): the
 receiving agents derive their low watermark from it (:mod:`streams.watermarks`).
 Messages with no events or samples carry progress only.
+
+Each event or sample carries its **origin**: the request partition and offset
+it was read from (``src``, two integers per event, aligned with ``events``; the
+last two items of a sample). A worker that dies after re-keying events but
+before committing their request offsets leaves them to be re-keyed again by
+the next owner; the receiving side drops such re-sends by their origin
+(:mod:`streams.resends`). Messages without origins are read as before, with
+nothing dropped.
 
 Messages stay under :data:`MAX_MESSAGE_BYTES` (Kafka's default limit is 1 MB).
 Pure functions, no Faust: unit-tested on their own.
@@ -46,8 +56,10 @@ from gatewatch.events import MalformedRecord, RequestEvent, parse_request_event
 
 #: Largest re-keyed message, bytes.
 MAX_MESSAGE_BYTES = 256 * 1024
-#: Latency samples per message (~40 bytes each).
+#: Latency samples per message (~40 bytes each, ~55 with their origin).
 SAMPLES_PER_MESSAGE = 4000
+#: Bytes an event's origin adds at most to a message (two integers and commas).
+ORIGIN_BYTES = 24
 
 
 def partition_for(key: bytes, partitions: int) -> int:
@@ -66,6 +78,9 @@ class Rekeyed:
     by_principal: dict[int, list[bytes]] = field(default_factory=dict)
     by_route: dict[int, dict[str, list[list[Any]]]] = field(default_factory=dict)
     logins: list[bytes] = field(default_factory=list)
+    #: Origins (flat ``[partition, offset, ...]``) aligned with ``by_principal`` and ``logins``.
+    principal_origins: dict[int, list[int]] = field(default_factory=dict)
+    login_origins: list[int] = field(default_factory=list)
     _route_partition: dict[str, int] = field(default_factory=dict)
 
 
@@ -74,40 +89,58 @@ def principal_key(event: RequestEvent) -> bytes:
     return (f"principal:{event.principal}" if event.principal else f"ip:{event.client_ip}").encode()
 
 
-def sort_event(out: Rekeyed, event: RequestEvent, raw: bytes) -> None:
-    """Add one parsed event (``raw`` is its JSON as received) to the destinations it needs."""
+def sort_event(out: Rekeyed, event: RequestEvent, raw: bytes, origin: tuple[int, int] | None = None) -> None:
+    """Add one parsed event (``raw`` is its JSON as received) to the destinations it needs,
+    with its ``origin`` (request partition, offset) when given — give it for every event of
+    ``out`` or for none."""
     if event.answered_by != "upstream":
         return
     if event.login is not None:
         out.logins.append(raw)
+        if origin is not None:
+            out.login_origins += origin
     if "{" in event.route or event.principal:  # BOLA: object routes; geo: every principal request
         partition = partition_for(principal_key(event), out.principal_partitions)
         out.by_principal.setdefault(partition, []).append(raw)
+        if origin is not None:
+            out.principal_origins.setdefault(partition, []).extend(origin)
     latency = event.latency_ms
     if latency >= 0 and math.isfinite(latency):
         series = series_of(event)
         partition = out._route_partition.get(series)
         if partition is None:
             partition = out._route_partition[series] = partition_for(series.encode(), out.route_partitions)
-        out.by_route.setdefault(partition, {}).setdefault(series, []).append(
-            [event.ts.timestamp(), latency, event.event_id])
+        sample = [event.ts.timestamp(), latency, event.event_id]
+        if origin is not None:
+            sample += origin
+        out.by_route.setdefault(partition, {}).setdefault(series, []).append(sample)
 
 
-def pack_events(raws: list[bytes], progress: dict[int, float],
-                max_bytes: int = MAX_MESSAGE_BYTES) -> Iterator[bytes]:
-    """``{"progress": ..., "events": [...]}`` messages of the raw event objects, each at
-    most ``max_bytes`` (a single larger event goes alone); none for no events."""
+def pack_events(raws: list[bytes], progress: dict[int, float], max_bytes: int = MAX_MESSAGE_BYTES,
+                origins: list[int] | None = None) -> Iterator[bytes]:
+    """``{"progress": ..., "events": [...], "src": [...]}`` messages of the raw event
+    objects, each at most ``max_bytes`` (a single larger event goes alone); none for no
+    events. ``origins``: flat ``[partition, offset, ...]`` aligned with ``raws`` (``src``
+    is left out without them). Raises ``ValueError`` if they are not aligned."""
+    if origins is not None and len(origins) != 2 * len(raws):
+        raise ValueError(f"{len(origins)} origin numbers for {len(raws)} events")
     head = b'{"progress":' + _json(progress) + b',"events":['
-    chunk: list[bytes] = []
-    size = len(head) + 2
-    for raw in raws:
-        if chunk and size + len(raw) + 1 > max_bytes:
-            yield head + b",".join(chunk) + b"]}"
-            chunk, size = [], len(head) + 2
-        chunk.append(raw)
-        size += len(raw) + 1
-    if chunk:
-        yield head + b",".join(chunk) + b"]}"
+    per_origin = ORIGIN_BYTES if origins is not None else 0
+    start, size = 0, len(head) + 12
+    for i, raw in enumerate(raws):
+        if i > start and size + len(raw) + 1 + per_origin > max_bytes:
+            yield _events_message(head, raws, origins, start, i)
+            start, size = i, len(head) + 12
+        size += len(raw) + 1 + per_origin
+    if start < len(raws):
+        yield _events_message(head, raws, origins, start, len(raws))
+
+
+def _events_message(head: bytes, raws: list[bytes], origins: list[int] | None, start: int, end: int) -> bytes:
+    body = head + b",".join(raws[start:end]) + b"]"
+    if origins is not None:
+        body += b',"src":' + _json(origins[2 * start:2 * end])
+    return body + b"}"
 
 
 def pack_event_progress(progress: dict[int, float]) -> bytes:
@@ -140,56 +173,84 @@ def _json(value: Any) -> bytes:
 
 
 @dataclass(frozen=True)
-class EventBatch:
-    """An unpacked by-principal or logins message: its events, how many of its items
-    were malformed, and the sender's progress."""
+class Batch:
+    """An unpacked re-keyed message: its ``items`` (request events, or latency samples
+    ``(series, ts, latency_ms, event_id)``), their event ``times`` (epoch s, aligned),
+    their ``origins`` (request partition, offset; aligned; None when the message has
+    none), how many items were ``malformed`` (left out), and the sender's ``progress``."""
 
-    events: list[RequestEvent]
-    malformed: int
+    items: list[Any]
+    times: list[float]
+    origins: list[tuple[int, int]] | None
     progress: dict[int, float]
+    malformed: int = 0
+
+    @property
+    def newest_s(self) -> float | None:
+        """The newest event time of the items (epoch s), None without items."""
+        return max(self.times) if self.times else None
 
 
-def unpack_events(value: bytes) -> EventBatch:
-    """Unpack an event-batch message. Raises :class:`MalformedRecord` if it is not one."""
+def unpack_events(value: bytes) -> Batch:
+    """Unpack a by-principal or logins message. Raises :class:`MalformedRecord` if it is
+    not one (malformed items are counted in ``malformed``, not raised)."""
     try:
         doc = json.loads(value)
         items = doc["events"]
         progress = _progress(doc.get("progress", {}))
+        src = doc.get("src")
     except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError) as exc:
         raise MalformedRecord(f"malformed re-keyed event batch: {exc!r}") from None
     if not isinstance(items, list):
         raise MalformedRecord("re-keyed event batch without an events array")
-    events, bad = [], 0
-    for item in items:
+    pairs = _origins(src, len(items))
+    events, times, origins, bad = [], [], [], 0
+    for i, item in enumerate(items):
         try:
-            events.append(parse_request_event(item if isinstance(item, dict) else {}))
+            event = parse_request_event(item if isinstance(item, dict) else {})
         except MalformedRecord:
             bad += 1
-    return EventBatch(events, bad, progress)
+            continue
+        events.append(event)
+        times.append(event.ts.timestamp())
+        if pairs is not None:
+            origins.append(pairs[i])
+    return Batch(events, times, origins if pairs is not None else None, progress, bad)
+
+
+def _origins(src: Any, n: int) -> list[tuple[int, int]] | None:
+    if src is None:
+        return None
+    if not isinstance(src, list) or len(src) != 2 * n or not all(type(v) is int for v in src):
+        raise MalformedRecord(f"re-keyed batch with a malformed src array for {n} events")
+    return list(zip(src[::2], src[1::2]))
 
 
 def _progress(raw: Any) -> dict[int, float]:
     return {int(k): float(v) for k, v in raw.items()}
 
 
-@dataclass(frozen=True)
-class Samples:
-    """An unpacked by-route message: series -> [(ts, latency_ms, event_id)], and progress."""
-
-    by_series: dict[str, list[tuple[datetime, float, str]]]
-    progress: dict[int, float]
-
-
-def unpack_samples(value: bytes) -> Samples:
-    """Unpack a by-route message. Raises :class:`MalformedRecord` on another shape."""
+def unpack_samples(value: bytes) -> Batch:
+    """Unpack a by-route message into samples ``(series, ts, latency_ms, event_id)``; their
+    origins are kept only when every sample has one. Raises :class:`MalformedRecord` on
+    another shape."""
     try:
         doc = json.loads(value)
-        by_series = {
-            str(series): [(datetime.fromtimestamp(float(t), tz=timezone.utc), float(ms), str(eid))
-                          for t, ms, eid in samples]
-            for series, samples in doc["samples"].items()}
+        samples: list[tuple[str, datetime, float, str]] = []
+        times: list[float] = []
+        origins: list[tuple[int, int]] = []
+        for series, rows in doc["samples"].items():
+            for row in rows:
+                t = float(row[0])
+                samples.append((str(series), datetime.fromtimestamp(t, tz=timezone.utc), float(row[1]),
+                                str(row[2])))
+                times.append(t)
+                if len(row) == 5:
+                    origins.append((int(row[3]), int(row[4])))
+                elif len(row) != 3:
+                    raise ValueError(f"a sample of {len(row)} items")
         progress = _progress(doc.get("progress", {}))
-    except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError, OverflowError,
-            OSError) as exc:
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError, UnicodeDecodeError,
+            OverflowError, OSError) as exc:
         raise MalformedRecord(f"malformed latency samples: {exc!r}") from None
-    return Samples(by_series, progress)
+    return Batch(samples, times, origins if len(origins) == len(samples) else None, progress)

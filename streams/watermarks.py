@@ -73,6 +73,11 @@ class SourceWatermarks:
     def partitions(self) -> list[int]:
         return sorted(self._progress)
 
+    def forget(self, partition: int) -> None:
+        """Drop what was heard on ``partition`` (it is read again from a replay point)."""
+        self._progress.pop(partition, None)
+        self._first_heard.pop(partition, None)
+
 
 #: The time of "no watermark yet": a detector given it as ``now`` forgets nothing.
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)

@@ -3,9 +3,12 @@ other processes (CLI, demo, tests) read through here.
 
 * ``GET /gatewatch/health/`` → ``{"ready": bool, "store_open": bool,
   "assigned_partitions": int, "request_partitions": [int], "sink_pending_events": int,
+  "requests_committed": int, "rekeyed": {kind: {"partitions": [int], "committed": int}},
   "store_spool_bytes": int, "fetch_max_wait_ms": int|null, "store": {...},
-  "counters": {...}}``; ``ready`` means the store is open, the Faust consumer has
-  partitions assigned and the request consumer has joined its group.
+  "counters": {...}}``; ``ready`` means the store is open, the Faust consumer has had
+  its first assignment (possibly of nothing: another worker may hold the
+  detections and decisions partitions) and every consumer of
+  :mod:`streams.consumers` has joined its group. ``*committed``: the sum of a consumer's committed offsets (messages).
 * ``GET /gatewatch/query/{name}/?param=value`` → ``{"columns": [...], "rows": [[...]]}``
   from :func:`storage.queries.run_query`, run on the store's thread;
   unknown name → 404, bad parameters → 400, store not open → 503, all JSON
@@ -21,7 +24,7 @@ from storage.queries import QUERIES, QueryParamError, UnknownQuery
 from streams import counters
 from streams.app import app, store
 from streams.fetch_wait import live_fetch_max_wait_ms
-from streams.requests_consumer import requests_consumer
+from streams.consumers import consumers, rekeyed_consumers, requests_consumer
 from streams.sink import store_spool
 from streams.store import StoreNotReady
 
@@ -37,17 +40,26 @@ def assigned_partitions() -> int:
         return 0
 
 
+_faust_joined = False
+
+
+@app.on_partitions_assigned.connect
+async def _faust_assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:
+    global _faust_joined
+    _faust_joined = True
+
+
 def health_payload() -> dict[str, Any]:
     """The body of ``/gatewatch/health/``."""
     assigned = assigned_partitions()
-    request_partitions = sorted(requests_consumer.assigned)
     return {
-        "ready": store.ready and assigned > 0 and requests_consumer.joined,
+        "ready": store.ready and _faust_joined and all(c.joined for c in consumers),
         "store_open": store.ready,
-        "assigned_partitions": assigned + len(request_partitions),
-        "request_partitions": request_partitions,
+        "assigned_partitions": assigned + sum(len(c.assigned) for c in consumers),
+        "request_partitions": sorted(requests_consumer.assigned),
         "sink_pending_events": requests_consumer.sink.pending,
         "requests_committed": requests_consumer.committed_total(),
+        "rekeyed": {c.kind: c.describe() for c in rekeyed_consumers},
         "store_spool_bytes": store_spool().pending_bytes,
         "fetch_max_wait_ms": live_fetch_max_wait_ms(app),
         "store": store.describe(),

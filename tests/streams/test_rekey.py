@@ -1,5 +1,6 @@
 """Re-keying helpers, in process: which events go where (and to which partition),
-packing under the size limit, unpacking what was packed, malformed messages."""
+packing under the size limit with each event's origin, unpacking what was packed,
+malformed messages; and the filter that drops re-sent events by their origin."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from gatewatch.events import MalformedRecord, RequestEvent
 from streams.rekey import (Rekeyed, pack_event_progress, pack_events, pack_samples, partition_for, sort_event,
                            unpack_events, unpack_samples)
+from streams.resends import ResendFilter
 
 T0 = datetime(2025, 3, 1, 12, tzinfo=timezone.utc)
 
@@ -58,7 +60,7 @@ def test_many_principals_make_one_message_per_partition() -> None:
     out = _sorted(*events, partitions=4)
     assert len(out.by_principal) == 4 and sum(len(v) for v in out.by_principal.values()) == 400
     for partition, raws in out.by_principal.items():
-        for event in unpack_events(next(pack_events(raws, {}))).events:
+        for event in unpack_events(next(pack_events(raws, {}))).items:
             assert partition_for(f"principal:{event.principal}".encode(), 4) == partition
 
 
@@ -69,12 +71,53 @@ def test_packed_events_round_trip_under_the_size_limit() -> None:
     messages = list(pack_events(raws, progress, max_bytes=2000))
     assert len(messages) > 1 and all(len(m) <= 2000 for m in messages)
     batches = [unpack_events(m) for m in messages]
-    assert [e for b in batches for e in b.events] == events
-    assert all(b.progress == progress and b.malformed == 0 for b in batches)
+    assert [e for b in batches for e in b.items] == events
+    assert all(b.progress == progress and b.malformed == 0 and b.origins is None for b in batches)
     assert list(pack_events([b'{"x":' + b"1" * 5000 + b"}"], {}, max_bytes=100))  # too big: sent alone
     assert list(pack_events([], progress)) == []
     only = unpack_events(pack_event_progress(progress))
-    assert (only.events, only.progress) == ([], progress)
+    assert (only.items, only.progress, only.newest_s) == ([], progress, None)
+
+
+def test_origins_travel_with_events_and_samples() -> None:
+    events = [_event(i, principal=f"key-{i % 3}") for i in range(60)]
+    out = Rekeyed(4, 4)
+    for offset, event in enumerate(events):
+        sort_event(out, event, event.to_json(), (2, 100 + offset))
+    seen = []
+    for partition, raws in out.by_principal.items():
+        for message in pack_events(raws, {}, max_bytes=1500, origins=out.principal_origins[partition]):
+            assert len(message) <= 1500
+            batch = unpack_events(message)
+            assert batch.times == [e.ts.timestamp() for e in batch.items]
+            seen += [(origin, e.event_id) for origin, e in zip(batch.origins or [], batch.items)]
+    assert sorted(seen) == [((2, 100 + i), f"e{i}") for i in range(60)]
+    with pytest.raises(ValueError):
+        list(pack_events([events[0].to_json()], {}, origins=[2]))
+    [message] = pack_samples(next(iter(out.by_route.values())), {})
+    batch = unpack_samples(message)
+    assert batch.origins == [(2, 100 + i) for i in range(60)]
+    assert [s[3] for s in batch.items] == [f"e{i}" for i in range(60)] and batch.newest_s == events[-1].ts.timestamp()
+    # A malformed event leaves its origin out with it.
+    mixed = unpack_events(b'{"events": [7, ' + events[1].to_json() + b'], "src": [2, 5, 2, 6]}')
+    assert mixed.origins == [(2, 6)] and mixed.malformed == 1
+
+
+def test_resent_events_are_dropped_by_origin_and_a_new_log_is_not() -> None:
+    f = ResendFilter()
+    t = T0.timestamp()
+    assert f.fresh(0, ["a", "b", "c"], [(1, 10), (2, 4), (1, 11)], [t, t, t + 1]) == ["a", "b", "c"]
+    # The tail from request partition 1 comes again after a crash, with one new event.
+    assert f.fresh(0, ["b2", "c", "d"], [(2, 4), (1, 11), (1, 12)], [t, t + 1, t + 2]) == ["d"]
+    # Within one message, origins need not be in order (samples are grouped by route).
+    assert f.fresh(0, ["f", "e"], [(1, 14), (1, 13)], [t + 3, t + 3]) == ["f", "e"]
+    # Another re-keyed partition has its own marks; messages without origins pass.
+    assert f.fresh(3, ["c"], [(1, 11)], [t + 1]) == ["c"] and f.fresh(0, ["x"], None, [t]) == ["x"]
+    # Offsets starting over with newer events: a new log (the broker lost its data).
+    assert f.fresh(0, ["n0"], [(1, 0)], [t + 60]) == ["n0"]
+    assert f.fresh(0, ["n1", "old"], [(1, 1), (1, 0)], [t + 61, t + 60]) == ["n1"]
+    f.forget(0)
+    assert f.fresh(0, ["c"], [(1, 11)], [t + 1]) == ["c"]
 
 
 def test_packed_samples_round_trip() -> None:
@@ -85,25 +128,23 @@ def test_packed_samples_round_trip() -> None:
     assert len(messages) == 3
     unpacked = [unpack_samples(m) for m in messages]
     assert all(u.progress == progress for u in unpacked)
-    got: dict[str, list] = {}
-    for u in unpacked:
-        assert sum(len(s) for s in u.by_series.values()) <= 4
-        for series, samples in u.by_series.items():
-            got.setdefault(series, []).extend(samples)
-    assert got == {"GET /a": [(T0 + timedelta(seconds=i), float(i), f"a{i}") for i in range(7)],
-                   "GET /b": [(T0 + timedelta(seconds=i), float(i), f"b{i}") for i in range(3)]}
+    assert all(len(u.items) <= 4 and u.origins is None for u in unpacked)
+    assert [s for u in unpacked for s in u.items] == \
+        [("GET /a", T0 + timedelta(seconds=i), float(i), f"a{i}") for i in range(7)] + \
+        [("GET /b", T0 + timedelta(seconds=i), float(i), f"b{i}") for i in range(3)]
     [only] = pack_samples({}, progress)
-    assert unpack_samples(only).by_series == {} and unpack_samples(only).progress == progress
+    assert unpack_samples(only).items == [] and unpack_samples(only).progress == progress
 
 
 def test_malformed_items_are_counted_and_messages_refused() -> None:
     good = _event(1).to_json()
     batch = unpack_events(b'{"events": [' + good + b',{"event_id": 1}, 7]}')
-    assert [e.event_id for e in batch.events] == ["e1"] and batch.malformed == 2 and batch.progress == {}
-    for raw in (b"not json", b'{"a": 1}', b"\xff", b"[]", b'{"events": {}}', b'{"events": [], "progress": 3}'):
+    assert [e.event_id for e in batch.items] == ["e1"] and batch.malformed == 2 and batch.progress == {}
+    for raw in (b"not json", b'{"a": 1}', b"\xff", b"[]", b'{"events": {}}', b'{"events": [], "progress": 3}',
+                b'{"events": [], "src": [1]}', b'{"events": [7], "src": [1, "2"]}'):
         with pytest.raises(MalformedRecord):
             unpack_events(raw)
     for raw in (b"[]", b'{"samples": []}', b'{"samples": {"x": [[1, 2]]}}', b'{"samples": {"x": [["t", 1, "e"]]}}',
-                b'{"samples": {}, "progress": []}'):
+                b'{"samples": {}, "progress": []}', b'{"samples": {"x": [[1, 2, "e", 3]]}}'):
         with pytest.raises(MalformedRecord):
             unpack_samples(raw)

@@ -1,0 +1,433 @@
+"""A consumer-group member whose detector state survives a restart exactly: explicit
+positions, manual commits, replay points and warm replay. The request topic's
+consumer (:mod:`streams.requests_consumer`) and the re-keyed topics' consumers
+(:mod:`streams.rekeyed_consumer`) are subclasses; this module holds what they share.
+
+Each reads one topic with aiokafka's batch API (``getmany``) inside the Faust
+worker, in its own consumer group (``<app id>-<kind>``); Faust's producer sends
+what it emits. A subclass says how to parse a batch of records, how to feed
+already-handled ones to its detectors (*warm*), how to handle new ones
+(*live*), up to which offset everything is done (*committable*), and how to
+drop a partition's state.
+
+**Offsets** are committed manually every ``settings.commit_interval_s``
+seconds, on a revocation and at shutdown: up to the subclass's committable
+offsets, after the producer has delivered what was emitted for those records
+(detections, decisions, re-keyed batches). A crash redelivers the uncommitted
+tail: at-least-once, no loss; detections and decisions have ids derived from
+their trigger, so a repeat replaces rather than adds.
+
+**Exact state across restarts** (:mod:`streams.checkpoints`): before a commit
+the replay point of each partition is published on ``topic_checkpoints``
+(every :data:`CHECKPOINT_EVERY_S`); when a partition is assigned, the
+consumer seeks back to its replay point and feeds the records before the
+committed offset to the detectors only (counted as ``warmed_<kind>``). The
+decision policy is seeded at start-up with the active decisions on the
+decisions topic (:func:`streams.decide.seed_policy`), so a threshold crossed
+again after a restart does not decide twice.
+
+Group settings follow the Faust app's (Tansu quirks, DESIGN.md): short
+session timeout, the fetch wait of the decision path. Positions are never
+reset implicitly (``auto_offset_reset="none"``): a partition without a
+committed offset is read from its beginning, and a position found past the
+end (the broker lost its data and came back) starts again at the beginning,
+both by explicit seeks. After a rejoin, a partition read before is read again
+from its last record, which must be the same record: a broker restarted with
+empty storage whose new log already grew past the old position is noticed
+that way, and the new log is read from its start. Checkpoints are read to the
+high-watermark returned with fetched records, never to Tansu's wrong "latest
+offset" answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Coroutine, Iterable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import NoOffsetForPartitionError, OffsetOutOfRangeError
+from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
+
+from streams import counters
+from streams.app import HEARTBEAT_INTERVAL_S, REBALANCE_TIMEOUT_S, SESSION_TIMEOUT_S, app, settings
+from streams.checkpoints import ReplayPoints, checkpoint_key, decode_checkpoint, encode_checkpoint
+from streams.topics import checkpoints_topic
+
+log = logging.getLogger(__name__)
+
+#: Seconds between checkpoint messages of a partition (a replay point a little old only
+#: makes the warm-up replay a little more; see streams/checkpoints.py).
+CHECKPOINT_EVERY_S = 10.0
+#: Longest wait to read the checkpoint topic (s).
+READ_TIMEOUT_S = 30.0
+
+#: Checkpoints as read from the topic: key (``group|topic|partition``) -> (committed, replay_from).
+Checkpoints = dict[bytes, tuple[int, int]]
+
+
+async def read_checkpoints() -> Checkpoints:
+    """The latest checkpoint of every key on ``settings.topic_checkpoints``, read to the
+    topic's end (Tansu quirk: to the high-watermark of fetched records, never "latest")."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False,
+                                fetch_max_wait_ms=settings.fetch_max_wait_ms)
+    out: Checkpoints = {}
+    await consumer.start()
+    try:
+        tp = TopicPartition(settings.topic_checkpoints, 0)
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        deadline = time.monotonic() + READ_TIMEOUT_S
+        while True:
+            for rec in (await consumer.getmany(tp, timeout_ms=200)).get(tp, []):
+                value = decode_checkpoint(rec.value)
+                if rec.key and value is not None:
+                    out[rec.key] = value
+            high = consumer.highwater(tp)
+            if high is not None and await consumer.position(tp) >= high:
+                return out
+            if time.monotonic() > deadline:
+                log.warning("checkpoint topic not read to its end in %.0f s; starting without "
+                            "the rest", READ_TIMEOUT_S)
+                return out
+    finally:
+        await consumer.stop()
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, owner: CheckpointedConsumer) -> None:
+        self.owner = owner
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        await self.owner.revoke(list(revoked))
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        await self.owner.assign(list(assigned))
+
+
+class CheckpointedConsumer:
+    """Reads ``topic`` in batches in group ``group`` (see the module docstring); replays
+    ``replay_s`` seconds of event time into the detectors when a partition is assigned.
+
+    :meth:`start` reads the checkpoints, joins the group and starts the loop (and the
+    subclass's background tasks); :meth:`stop` commits what is done and leaves the
+    group. ``assigned`` is the partitions it reads now; ``joined`` turns true at its
+    first assignment (possibly of no partition). Subclasses implement the hooks
+    below; counters are named after ``kind``.
+    """
+
+    def __init__(self, group: str, topic: str, kind: str, replay_s: float) -> None:
+        self.group, self.topic, self.kind = group, topic, kind
+        self.points = ReplayPoints(window_s=replay_s)
+        self.assigned: set[int] = set()
+        self.joined = False
+        self._consumer: AIOKafkaConsumer | None = None
+        self._checkpoints: dict[int, tuple[int, int]] = {}   # partition -> (committed, replay_from)
+        self._warm_until: dict[int, int] = {}
+        self._last_read: dict[int, tuple[int, int]] = {}   # partition -> (offset, hash of value)
+        self._verify: dict[int, tuple[int, int]] = {}      # partition -> record expected first
+        self._committed: dict[int, int] = {}
+        self._checkpointed_at: dict[int, float] = {}
+        self._lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._loop_task: asyncio.Task[Any] | None = None
+        self._stopping = False
+
+    # --- what a subclass provides ---------------------------------------------------------
+
+    def _parse(self, partition: int, records: list[ConsumerRecord]) -> list[tuple[int, float | None, Any]]:
+        """``(offset, newest event time in epoch s or None, item)`` for each usable record of
+        ``partition``, in offset order (malformed ones counted and left out)."""
+        raise NotImplementedError
+
+    def _warm(self, items: list[Any]) -> None:
+        """Feed items handled before a restart to the detectors: state only, nothing emitted."""
+        raise NotImplementedError
+
+    async def _live(self, items: list[Any], ends: dict[int, int]) -> None:
+        """Handle new items; ``ends``: per partition, the offset after the batch's last record."""
+        raise NotImplementedError
+
+    def _committable(self) -> dict[int, int]:
+        """Per partition, the offset before which every record is done (may be committed)."""
+        raise NotImplementedError
+
+    def _forget(self, partition: int) -> None:
+        """Drop the detector state of ``partition`` (new here, or another worker went further)."""
+        raise NotImplementedError
+
+    def _new_log(self, partition: int) -> None:
+        """``partition``'s log is not the one read before (offsets start over)."""
+
+    async def _before_commit(self) -> None:
+        """Send what must be delivered before offsets are committed."""
+
+    async def _before_revoke(self) -> None:
+        """Finish what was read before a revocation's commit."""
+
+    def _revoked(self, partition: int) -> None:
+        """``partition`` was revoked and committed."""
+
+    def _replay_low_s(self, partition: int) -> float | None:
+        """A low watermark (epoch s) bounding the replay span of ``partition``, or None."""
+        return None
+
+    def _background(self) -> list[Coroutine[Any, Any, None]]:
+        """Coroutines run as tasks while the consumer runs (a dead one stops the worker)."""
+        return []
+
+    # --- life cycle ---------------------------------------------------------------------
+
+    async def start(self, checkpoints: Checkpoints | None = None) -> None:
+        """Take this group's ``checkpoints`` (read them if None), join the group, start the loop."""
+        self._checkpoints = self._mine(await read_checkpoints() if checkpoints is None else checkpoints)
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=settings.bootstrap_servers, group_id=self.group,
+            client_id=f"{self.group}-{id(self):x}", enable_auto_commit=False,
+            auto_offset_reset="none", fetch_max_wait_ms=settings.fetch_max_wait_ms,
+            session_timeout_ms=int(SESSION_TIMEOUT_S * 1000),
+            heartbeat_interval_ms=int(HEARTBEAT_INTERVAL_S * 1000),
+            rebalance_timeout_ms=int(REBALANCE_TIMEOUT_S * 1000))
+        self._consumer.subscribe([self.topic], listener=_Rebalance(self))
+        await self._consumer.start()
+        self._tasks = [asyncio.create_task(c, name=f"{self.kind}-{c.__name__}") for c in self._background()]
+        self._loop_task = asyncio.create_task(self._loop(), name=f"{self.kind}-consumer")
+        self._tasks.append(self._loop_task)
+        for task in self._tasks:
+            task.add_done_callback(self._watch)
+
+    async def stop(self) -> None:
+        """Stop reading, finish what was read, commit, leave the group. Idempotent."""
+        if self._stopping or self._consumer is None:
+            return
+        self._stopping = True
+        if self._loop_task is not None:
+            try:
+                await asyncio.wait_for(self._loop_task, timeout=5.0)
+            except (asyncio.TimeoutError, Exception):
+                self._loop_task.cancel()
+        try:
+            async with self._lock:
+                await self._commit(force_checkpoint=True)
+        except Exception:
+            log.exception("final commit of the %s consumer failed (the tail is redelivered)", self.kind)
+        for task in self._tasks:
+            task.cancel()
+        await self._consumer.stop()
+
+    def committed_total(self) -> int:
+        """Sum of the offsets committed for the partitions read now (health, tests)."""
+        return sum(self._committed.get(p, 0) for p in self.assigned)
+
+    # --- the loop -------------------------------------------------------------------------
+
+    def _watch(self, task: asyncio.Task[Any]) -> None:
+        # A dead loop or background task must not go unnoticed: the worker stops (and is
+        # restarted by its supervisor) rather than keep answering health checks.
+        if task.cancelled() or self._stopping:
+            return
+        exc = task.exception()
+        log.critical("%s stopped: %r; the worker stops", task.get_name(), exc, exc_info=exc)
+        asyncio.ensure_future(app.crash(exc if exc is not None else RuntimeError(f"{task.get_name()} ended")))
+
+    async def _loop(self) -> None:
+        assert self._consumer is not None
+        last_commit = time.monotonic()
+        while not self._stopping:
+            try:
+                batches = await self._consumer.getmany(timeout_ms=100, max_records=settings.detector_batch_size)
+            except OffsetOutOfRangeError as exc:
+                await self._out_of_range(exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {})
+                continue
+            except NoOffsetForPartitionError as exc:
+                # A fetch raced the assignment callback, which places every partition.
+                counters.incr("fetch_before_placement")
+                for tp in exc.args:
+                    if isinstance(tp, TopicPartition) and tp.partition in self.assigned:
+                        await self._place(tp)
+                await asyncio.sleep(0.05)
+                continue
+            async with self._lock:
+                if batches:
+                    await self._handle(batches)
+                if time.monotonic() - last_commit >= settings.commit_interval_s:
+                    last_commit = time.monotonic()
+                    try:
+                        await self._commit()
+                    except Exception as exc:  # broker trouble: the next commit covers it
+                        counters.incr("commit_errors")
+                        log.warning("%s offset commit failed (%s: %s); retrying later", self.kind,
+                                    type(exc).__name__, exc)
+
+    async def _handle(self, batches: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        warm: list[Any] = []
+        live: list[Any] = []
+        ends: dict[int, int] = {}
+        observe = self.points.observe
+        for tp, records in batches.items():
+            partition = tp.partition
+            if partition not in self.assigned or not records:
+                continue
+            expected = self._verify.pop(partition, None)
+            if expected is not None:
+                first = records[0]
+                if (first.offset, hash(first.value)) != expected:
+                    self._log_replaced(tp, expected[0])
+                    continue
+                records = records[1:]   # the last record read before, read again to compare
+                if not records:
+                    continue
+            warm_until = self._warm_until.get(partition, -1)
+            for offset, ts_s, item in self._parse(partition, records):
+                if ts_s is not None:
+                    observe(partition, offset, ts_s)
+                (warm if offset < warm_until else live).append(item)
+            if records[-1].offset + 1 >= warm_until:
+                self._warm_until.pop(partition, None)
+            ends[partition] = records[-1].offset + 1
+            self._last_read[partition] = (records[-1].offset, hash(records[-1].value))
+        if warm:
+            self._warm(warm)
+            counters.incr(f"warmed_{self.kind}", len(warm))
+        await self._live(live, ends)
+
+    # --- positions ----------------------------------------------------------------------
+
+    async def _place(self, tp: TopicPartition) -> None:
+        """Seek ``tp`` to where this worker must read it next (see :meth:`assign`)."""
+        assert self._consumer is not None
+        partition = tp.partition
+        committed = await self._consumer.committed(tp)
+        last = self._last_read.get(partition)
+        if last is not None and (committed is None or committed <= last[0] + 1):
+            # Read here before (a rejoin): go on, re-reading the last record to check that the
+            # broker still holds the same log (one restarted with empty storage does not).
+            self._verify[partition] = last
+            self._consumer.seek(tp, last[0])
+            return
+        # New here, or another worker went further: rebuild the state from the replay point.
+        self._forget(partition)
+        self.points.forget(partition)
+        self._last_read.pop(partition, None)
+        if committed is None:
+            self._consumer.seek(tp, 0)   # the log's start; if retention removed it, see _out_of_range
+            return
+        self._committed[partition] = committed
+        checkpoint = self._checkpoints.get(partition)
+        replay_from = committed if checkpoint is None else min(checkpoint[1], committed)
+        self._consumer.seek(tp, replay_from)
+        if replay_from < committed:
+            self._warm_until[partition] = committed
+            log.info("%s partition %d: replaying offsets %d..%d into the detectors", self.kind,
+                     partition, replay_from, committed - 1)
+
+    def _forget_position(self, partition: int) -> None:
+        # The partition's log is not the one read before: offsets start over.
+        self.points.forget(partition)
+        self._checkpoints.pop(partition, None)
+        self._committed.pop(partition, None)
+        self._warm_until.pop(partition, None)
+        self._last_read.pop(partition, None)
+        self._verify.pop(partition, None)
+        self._new_log(partition)
+
+    def _log_replaced(self, tp: TopicPartition, offset: int) -> None:
+        """The record at ``offset`` is not the one read there before: the broker lost the
+        partition's log and a new one grew in its place. Read it from the beginning."""
+        assert self._consumer is not None
+        counters.incr("partition_log_replaced")
+        log.warning("%s partition %d: the record at offset %d is not the one read before (the broker "
+                    "lost its log); reading the new log from its beginning", self.kind, tp.partition, offset)
+        self._forget_position(tp.partition)
+        self._consumer.seek(tp, 0)
+
+    async def _out_of_range(self, positions: dict[TopicPartition, int]) -> None:
+        """A position past the partition's end (a broker that lost its data came back, or
+        retention deleted it): read what the partition holds from its beginning. Resets
+        are explicit: Tansu answers offset queries unreliably (DESIGN.md)."""
+        assert self._consumer is not None
+        for tp, offset in positions.items():
+            counters.incr("offsets_out_of_range")
+            log.warning("%s partition %d: offset %s is out of range (the broker lost or deleted data); "
+                        "reading it from its beginning", self.kind, tp.partition, offset)
+            self._forget_position(tp.partition)
+            if offset:
+                self._consumer.seek(tp, 0)
+            else:   # offset 0 itself is gone (retention): ask the broker where the log starts
+                await self._consumer.seek_to_beginning(tp)
+
+    # --- commits and checkpoints -------------------------------------------------------
+
+    async def _commit(self, force_checkpoint: bool = False) -> None:
+        """Commit, per assigned partition, the offset up to which everything is done and
+        emitted; publish replay points first (see the module docstring)."""
+        assert self._consumer is not None
+        done = {p: end for p, end in self._committable().items()
+                if p in self.assigned and end > self._committed.get(p, -1)}
+        if not done:
+            return
+        await self._before_commit()
+        now = time.monotonic()
+        for partition, end in done.items():
+            if force_checkpoint or now - self._checkpointed_at.get(partition, 0.0) >= CHECKPOINT_EVERY_S:
+                replay_from = self.points.replay_from(partition, end, self._replay_low_s(partition))
+                await checkpoints_topic.send(key=checkpoint_key(self.group, self.topic, partition),
+                                             value=encode_checkpoint(end, replay_from))
+                self._checkpoints[partition] = (end, replay_from)
+                self._checkpointed_at[partition] = now
+        await app.producer.flush()
+        await self._consumer.commit({TopicPartition(self.topic, p): OffsetAndMetadata(end, "")
+                                     for p, end in done.items()})
+        self._committed.update(done)
+        counters.incr("commits")
+
+    # --- rebalances -------------------------------------------------------------------
+
+    async def revoke(self, revoked: list[TopicPartition]) -> None:
+        """Finish and commit what was read from ``revoked``. Their state stays until
+        :meth:`assign` knows whether they come back unchanged (see :meth:`_place`)."""
+        mine = [tp.partition for tp in revoked if tp.topic == self.topic]
+        if not mine:
+            return
+        async with self._lock:
+            await self._before_revoke()
+            try:
+                await self._commit(force_checkpoint=True)
+            except Exception:
+                log.exception("%s commit on revocation failed (the tail is redelivered to the next owner)",
+                              self.kind)
+            for partition in mine:
+                self.assigned.discard(partition)
+                self._revoked(partition)
+                self._warm_until.pop(partition, None)
+                self._committed.pop(partition, None)
+                self._checkpointed_at.pop(partition, None)
+        log.info("%s partitions revoked: %s", self.kind, sorted(mine))
+
+    async def assign(self, assigned: list[TopicPartition]) -> None:
+        """Start reading ``assigned``: a partition already read goes on where it was; a new
+        one starts at its replay point when a checkpoint says so, else at its committed
+        offset, else at the beginning. Positions are always set explicitly: the
+        consumer's own "earliest" reset was seen to start at the partition's end on
+        Tansu (its offset answers are unreliable)."""
+        assert self._consumer is not None
+        mine = [tp for tp in assigned if tp.topic == self.topic]
+        if any(tp.partition not in self._last_read for tp in mine):
+            # Another worker may have owned them: its latest checkpoints are on the topic.
+            self._checkpoints.update(self._mine(await read_checkpoints()))
+        for tp in mine:
+            await self._place(tp)
+            self.assigned.add(tp.partition)
+        self.joined = True
+        log.info("%s partitions assigned: %s", self.kind, sorted(tp.partition for tp in mine))
+
+    def _mine(self, checkpoints: Checkpoints) -> dict[int, tuple[int, int]]:
+        """This group's and topic's checkpoints, by partition."""
+        prefix = checkpoint_key(self.group, self.topic, 0)[:-1]
+        out = {}
+        for key, value in checkpoints.items():
+            if key.startswith(prefix) and key[len(prefix):].isdigit():
+                out[int(key[len(prefix):])] = value
+        return out
