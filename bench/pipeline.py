@@ -295,8 +295,8 @@ def _gateway_geo(ips: list[str]) -> dict[str, tuple[int | None, str | None]]:
 
 def expected_rekeyed(values: list[bytes], settings: GatewatchSettings) -> dict[str, int]:
     """What the request consumer sends on for ``values`` (:func:`streams.rekey.sort_event`), as the
-    counters the re-keyed agents keep: ``events_logins``, ``events_by_principal``,
-    ``events_by_principal_geo``, ``events_by_route``."""
+    counters the re-keyed consumers keep: ``events_logins``, ``events_by_principal``,
+    ``events_by_route``."""
     from gatewatch.broker import topic_partitions
     from streams.rekey import Rekeyed, sort_event
 
@@ -306,7 +306,6 @@ def expected_rekeyed(values: list[bytes], settings: GatewatchSettings) -> dict[s
         sort_event(out, parse_request_event(raw), raw)
     principal = sum(len(v) for v in out.by_principal.values())
     return {"events_logins": len(out.logins), "events_by_principal": principal,
-            "events_by_principal_geo": principal,
             "events_by_route": sum(len(s) for by in out.by_route.values() for s in by.values())}
 
 
