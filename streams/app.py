@@ -17,6 +17,9 @@ Quirks designed around (measured, DESIGN.md):
   (:mod:`streams.web_auth`).
 * The chDB store is opened, migrated and warmed in :meth:`GatewatchApp.on_start`,
   before the consumer starts, and closed after every agent has stopped.
+* Once started, the start-up heap is frozen out of garbage collections and
+  the youngest generation made larger (:mod:`streams.heap`): full collections
+  over it stalled the event loop.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import faust
 
 from gatewatch.settings import GatewatchSettings, load_settings
 from streams.fetch_wait import FastFetchTransport
+from streams.heap import tune_collector
 from streams.store import Store
 from streams.web_auth import check_exposure, token_middleware
 
@@ -58,6 +62,10 @@ class GatewatchApp(faust.App):
     async def on_start(self) -> None:
         await super().on_start()
         await store.open()  # before the consumer starts: no traffic waits for chDB start-up
+
+    async def on_started(self) -> None:
+        await super().on_started()
+        tune_collector()  # garbage collections skip what start-up built (streams/heap.py)
 
     #: Called (in order) when the app stops, before Faust stops its consumer and producer:
     #: services outside Faust's agents (the request consumer) flush and commit here.
