@@ -42,6 +42,7 @@ Pure functions, no Faust: unit-tested on their own.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Iterator
@@ -50,6 +51,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 from aiokafka.partitioner import murmur2
+from pydantic import TypeAdapter, ValidationError
+from typing_extensions import NotRequired, TypedDict
 
 from detectors.latency import series_of
 from gatewatch.events import MalformedRecord, RequestEvent, parse_request_event
@@ -62,9 +65,16 @@ SAMPLES_PER_MESSAGE = 4000
 ORIGIN_BYTES = 24
 
 
+#: Keys whose partition is remembered (:func:`partition_for`).
+PARTITION_CACHE = 65_536
+
+
+@functools.lru_cache(maxsize=PARTITION_CACHE)
 def partition_for(key: bytes, partitions: int) -> int:
     """The partition Kafka's default partitioner (Java client, aiokafka, kafka-python)
-    gives ``key`` among ``partitions``: murmur2, positive, modulo."""
+    gives ``key`` among ``partitions``: murmur2, positive, modulo. Remembered for the
+    last :data:`PARTITION_CACHE` keys: aiokafka's murmur2 is pure Python (~3 µs a key)
+    and a principal sends many requests."""
     return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
@@ -191,9 +201,34 @@ class Batch:
         return max(self.times) if self.times else None
 
 
+class _EventsMessage(TypedDict):
+    events: list[RequestEvent]
+    progress: NotRequired[Any]
+    src: NotRequired[Any]
+
+
+_EVENTS_MESSAGE = TypeAdapter(_EventsMessage)
+
+
 def unpack_events(value: bytes) -> Batch:
     """Unpack a by-principal or logins message. Raises :class:`MalformedRecord` if it is
-    not one (malformed items are counted in ``malformed``, not raised)."""
+    not one (malformed items are counted in ``malformed``, not raised).
+
+    A message whose events are all valid is validated in one pass over its JSON
+    (~4 µs an event instead of ~7 for decoding it, then validating each decoded
+    object); any other goes item by item (:func:`_unpack_events_each`), which gives
+    the same result for valid events and counts the malformed ones."""
+    try:
+        doc = _EVENTS_MESSAGE.validate_json(value)
+        progress = _progress(doc.get("progress", {}))
+    except (ValidationError, ValueError, TypeError, AttributeError):
+        return _unpack_events_each(value)
+    events = doc["events"]
+    return Batch(events, [event.ts.timestamp() for event in events], _origins(doc.get("src"), len(events)),
+                 progress)
+
+
+def _unpack_events_each(value: bytes) -> Batch:
     try:
         doc = json.loads(value)
         items = doc["events"]

@@ -148,3 +148,22 @@ def test_malformed_items_are_counted_and_messages_refused() -> None:
                 b'{"samples": {}, "progress": []}', b'{"samples": {"x": [[1, 2, "e", 3]]}}'):
         with pytest.raises(MalformedRecord):
             unpack_samples(raw)
+
+
+def test_a_valid_message_and_one_with_a_bad_item_unpack_the_same_events() -> None:
+    # Valid messages are validated in one pass over their JSON; one bad item sends the message
+    # item by item: the events that are valid come out the same either way.
+    events = [_event(i, ts=T0 + timedelta(seconds=i, microseconds=7)) for i in range(5)]
+    events.append(_event(5).model_copy(update={"ts": datetime(2025, 3, 1, 14, tzinfo=timezone(timedelta(hours=2)))}))
+    raws = [e.to_json() for e in events]
+    origins = [p for i in range(len(raws)) for p in (i % 2, 100 + i)]
+    progress = {0: 1740830400.25, 3: 1740830401.5}
+    [whole] = pack_events(raws, progress, origins=origins)
+    [with_bad] = pack_events(raws + [b'{"event_id": 1}'], progress, origins=origins + [1, 999])
+    a, b = unpack_events(whole), unpack_events(with_bad)
+    assert (a.malformed, b.malformed) == (0, 1)
+    assert a.items == b.items == events
+    assert a.times == b.times == [e.ts.timestamp() for e in events]
+    assert a.origins == b.origins == [(i % 2, 100 + i) for i in range(len(raws))]
+    assert a.progress == b.progress == progress
+    assert all(e.ts.tzinfo is timezone.utc for e in a.items[:5]) and a.items[5].ts.utcoffset() == timedelta(hours=2)
