@@ -5,7 +5,6 @@ streams/requests_consumer.py)."""
 
 from __future__ import annotations
 
-import signal
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import pytest
 from gatewatch.events import RequestEvent, new_id, parse_decision, parse_detection
 from gatewatch.netutil import free_port
 from gatewatch.settings import GatewatchSettings
-from worker_harness import Worker, producer, read_topic, wait_for
+from worker_harness import Worker, kill, read_topic, send_requests, wait_for, wait_requests_committed
 
 ATTACKER = "203.0.113.9"
 BENIGN_IPS = ["198.51.100.30", "198.51.100.31", "198.51.100.32"]
@@ -30,21 +29,6 @@ def _login(ts: datetime, ip: str, outcome: str, user: str) -> RequestEvent:
     return RequestEvent(event_id=new_id(), ts=ts, client_ip=ip, method="POST", host="api.example",
                         path="/login", route="/login", status=200 if outcome == "success" else 401,
                         login=outcome, username_hash=f"h-{user}")
-
-
-def _send(settings: GatewatchSettings, events: list[RequestEvent]) -> None:
-    p = producer(settings)
-    for event in events:
-        p.send(settings.topic_requests, key=event.client_ip.encode(), value=event.to_json())
-    p.flush()
-    p.close()
-
-
-def _wait_committed(worker: Worker, n: int) -> None:
-    """Return once ``n`` events are stored and committed (offsets start at 0, so the
-    committed offsets of all partitions add up to the messages handled)."""
-    wait_for(lambda: (h := worker.health())["counters"].get("stored_requests", 0) >= n
-             and h["requests_committed"] >= n, 30, f"{n} events stored and committed")
 
 
 def _attacker_findings(settings: GatewatchSettings) -> tuple[list, list]:
@@ -67,12 +51,11 @@ def test_sigkill_mid_attack_restart_detects_at_the_threshold_once(worker_setting
     worker = Worker(s, tmp_path)
     worker.start()
     try:
-        _send(s, attack[:before] + benign[:6])
-        _wait_committed(worker, before + 6)
+        send_requests(s, attack[:before] + benign[:6])
+        wait_requests_committed(worker, before + 6)
         # Two more failures, then SIGKILL at once: they may or may not be handled or committed.
-        _send(s, attack[before:before + 2])
-        worker.proc.send_signal(signal.SIGKILL)
-        assert worker.proc.wait(timeout=10) == -signal.SIGKILL
+        send_requests(s, attack[before:before + 2])
+        kill(worker)
     finally:
         if worker.proc.poll() is None:
             worker.proc.kill()
@@ -83,7 +66,7 @@ def test_sigkill_mid_attack_restart_detects_at_the_threshold_once(worker_setting
     try:
         health = restarted.health()
         assert health["counters"].get("warmed_requests", 0) >= before, health["counters"]  # windows rebuilt
-        _send(s, attack[before + 2:] + benign[6:])
+        send_requests(s, attack[before + 2:] + benign[6:])
         detections, decisions = wait_for(lambda: _attacker_findings(s) if _attacker_findings(s)[1] else None,
                                          30, "the decision after the restart")
         everything = {e.event_id for e in attack + benign}
@@ -115,11 +98,10 @@ def test_restart_after_the_decision_does_not_decide_again(worker_settings: Gatew
     worker = Worker(s, tmp_path)
     worker.start()
     try:
-        _send(s, attack)
+        send_requests(s, attack)
         wait_for(lambda: _attacker_findings(s)[1] or None, 30, "the first decision")
         assert worker.health()["counters"].get("commits", 0) == 0
-        worker.proc.send_signal(signal.SIGKILL)
-        worker.proc.wait(timeout=10)
+        kill(worker)
     finally:
         if worker.proc.poll() is None:
             worker.proc.kill()

@@ -24,6 +24,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from gatewatch.admin_auth import auth_headers
 from gatewatch.commands import worker_command
+from gatewatch.events import RequestEvent
 from gatewatch.settings import GatewatchSettings
 
 T = TypeVar("T")
@@ -117,8 +118,31 @@ def running_worker(settings: GatewatchSettings, workdir: Path) -> Iterator[Worke
         assert rc == 0, worker.log_tail()
 
 
+def kill(worker: Worker) -> None:
+    """SIGKILL the worker and wait for it to die."""
+    assert worker.proc is not None
+    worker.proc.send_signal(signal.SIGKILL)
+    assert worker.proc.wait(timeout=10) == -signal.SIGKILL
+
+
+def wait_requests_committed(worker: Worker, n: int) -> None:
+    """Return once ``n`` request events are stored and committed (offsets start at 0, so the
+    committed offsets of all partitions add up to the messages handled)."""
+    wait_for(lambda: (h := worker.health())["counters"].get("stored_requests", 0) >= n
+             and h["requests_committed"] >= n, 30, f"{n} events stored and committed")
+
+
 def producer(settings: GatewatchSettings) -> KafkaProducer:
     return KafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=5)
+
+
+def send_requests(settings: GatewatchSettings, events: list[RequestEvent]) -> None:
+    """Produce ``events`` on the request topic keyed by client IP, as the gateway does."""
+    p = producer(settings)
+    for event in events:
+        p.send(settings.topic_requests, key=event.client_ip.encode(), value=event.to_json())
+    p.flush()
+    p.close()
 
 
 def read_topic(settings: GatewatchSettings, topic: str, headers: bool = False) -> list[tuple[Any, ...]]:
