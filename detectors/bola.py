@@ -93,7 +93,10 @@ def object_id(path: str, route: str) -> tuple[str, ...] | None:
     """
     if "{" not in route:
         return None
-    path = path.split("?", 1)[0].split("#", 1)[0]
+    if "?" in path:
+        path = path.split("?", 1)[0]
+    if "#" in path:
+        path = path.split("#", 1)[0]
     got = path.rstrip("/").split("/")
     want = route.rstrip("/").split("/")
     if len(got) != len(want):
@@ -141,17 +144,27 @@ class _RouteWindow:
         access); False, counting nothing, for an access already out of it (late).
         Accesses stay sorted by time whatever the arrival order."""
         accesses = self.accesses
-        if accesses and access.ts <= accesses[-1].ts - window:
-            return False
-        if not accesses or access.ts >= accesses[-1].ts:
-            accesses.append(access)
+        ts = access.ts
+        if accesses:
+            newest = accesses[-1].ts
+            if ts <= newest - window:
+                return False
+            if ts >= newest:
+                accesses.append(access)
+                newest = ts
+            else:
+                accesses.insert(bisect.bisect_right(accesses, ts, key=_access_ts), access)
         else:
-            accesses.insert(bisect.bisect_right(accesses, access.ts, key=_access_ts), access)
-        self.ids[access.oid] += 1
-        self.statuses[access.status] += 1
+            accesses.append(access)
+            newest = ts
+        # dict.get, not Counter's += (which calls Counter.__missing__ for every new id)
+        ids, statuses, oid = self.ids, self.statuses, access.oid
+        ids[oid] = ids.get(oid, 0) + 1
+        statuses[access.status] = statuses.get(access.status, 0) + 1
         if access.denied:
-            self.denied[access.oid] += 1
-        self.expire(accesses[-1].ts - window)
+            self.denied[oid] = self.denied.get(oid, 0) + 1
+        if accesses[0].ts <= newest - window:
+            self.expire(newest - window)
         return True
 
     def expire(self, horizon: datetime) -> None:
@@ -254,7 +267,8 @@ class BolaDetector:
             state = self._principals[who] = _Principal({}, OrderedDict(), event.ts)
         else:
             self._principals.move_to_end(who)
-            state.last_seen = max(state.last_seen, event.ts)
+            if event.ts > state.last_seen:
+                state.last_seen = event.ts
         if 200 <= event.status < 300:
             self._give(state, values)
         until = self._quiet.get(who)
@@ -341,13 +355,11 @@ class BolaDetector:
         horizon = now - self._ttl
         principals = self._principals
         while principals:
-            who, state = next(iter(principals.items()))
-            if state.last_seen > horizon:
+            if next(iter(principals.values())).last_seen > horizon:
                 break
-            del principals[who]
+            principals.popitem(last=False)
         quiet = self._quiet
         while quiet:
-            who, until = next(iter(quiet.items()))
-            if until > now:
+            if next(iter(quiet.values())) > now:
                 break
-            del quiet[who]
+            quiet.popitem(last=False)

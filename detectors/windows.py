@@ -159,14 +159,15 @@ class KeyedWindows:
 
     def evict(self, now: datetime) -> None:
         """Forget keys whose newest attempt left the window by ``now``."""
-        horizon = now - self._delta
         windows = self._windows
+        if not windows:  # most windows of a detector are empty most of the time: no date arithmetic
+            return
+        horizon = now - self._delta
         while windows:
-            key, window = next(iter(windows.items()))
-            last = window.last_ts
-            if last is not None and last > horizon:
+            attempts = next(iter(windows.values())).attempts
+            if attempts and attempts[-1].ts > horizon:
                 break
-            del windows[key]
+            windows.popitem(last=False)
 
 
 class QuietPeriods:
@@ -199,7 +200,6 @@ class QuietPeriods:
     def expire(self, now: datetime) -> None:
         until = self._until
         while until:
-            key, end = next(iter(until.items()))
-            if end > now:
+            if next(iter(until.values())) > now:
                 break
-            del until[key]
+            until.popitem(last=False)
