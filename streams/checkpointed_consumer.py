@@ -19,7 +19,11 @@ their trigger, so a repeat replaces rather than adds.
 
 **Exact state across restarts** (:mod:`streams.checkpoints`): before a commit
 the replay point of each partition is published on ``topic_checkpoints``
-(every :data:`CHECKPOINT_EVERY_S`); when a partition is assigned, the
+(every :data:`CHECKPOINT_EVERY_S` when it moved, every
+:data:`CHECKPOINT_REFRESH_S` when it did not: a re-keyed partition gets progress
+messages every second even without traffic, and Tansu does not compact the
+topic; an older checkpoint with the same replay point replays the same
+records); when a partition is assigned, the
 consumer seeks back to its replay point and feeds the records before the
 committed offset to the detectors only (counted as ``warmed_<kind>``). The
 decision policy is seeded at start-up with the active decisions on the
@@ -61,6 +65,8 @@ log = logging.getLogger(__name__)
 #: Seconds between checkpoint messages of a partition (a replay point a little old only
 #: makes the warm-up replay a little more; see streams/checkpoints.py).
 CHECKPOINT_EVERY_S = 10.0
+#: Seconds between checkpoint messages of a partition whose replay point did not move.
+CHECKPOINT_REFRESH_S = 600.0
 #: Longest wait to read the checkpoint topic (s).
 READ_TIMEOUT_S = 30.0
 
@@ -111,9 +117,9 @@ class CheckpointedConsumer:
     """Reads ``topic`` in batches in group ``group`` (see the module docstring); replays
     ``replay_s`` seconds of event time into the detectors when a partition is assigned.
 
-    :meth:`start` reads the checkpoints, joins the group and starts the loop (and the
-    subclass's background tasks); :meth:`stop` commits what is done and leaves the
-    group. ``assigned`` is the partitions it reads now; ``joined`` turns true at its
+    :meth:`start` joins the group and starts the loop (and the subclass's background
+    tasks; checkpoints are read when partitions are assigned); :meth:`stop` commits
+    what is done and leaves the group. ``assigned`` is the partitions it reads now; ``joined`` turns true at its
     first assignment (possibly of no partition). Subclasses implement the hooks
     below; counters are named after ``kind``.
     """
@@ -129,7 +135,8 @@ class CheckpointedConsumer:
         self._last_read: dict[int, tuple[int, int]] = {}   # partition -> (offset, hash of value)
         self._verify: dict[int, tuple[int, int]] = {}      # partition -> record expected first
         self._committed: dict[int, int] = {}
-        self._checkpointed_at: dict[int, float] = {}
+        self._checkpointed_at: dict[int, float] = {}   # partition -> last considered
+        self._written_at: dict[int, float] = {}        # partition -> last written
         self._lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[Any]] = []
         self._loop_task: asyncio.Task[Any] | None = None
@@ -180,9 +187,8 @@ class CheckpointedConsumer:
 
     # --- life cycle ---------------------------------------------------------------------
 
-    async def start(self, checkpoints: Checkpoints | None = None) -> None:
-        """Take this group's ``checkpoints`` (read them if None), join the group, start the loop."""
-        self._checkpoints = self._mine(await read_checkpoints() if checkpoints is None else checkpoints)
+    async def start(self) -> None:
+        """Join the group, start the loop."""
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=settings.bootstrap_servers, group_id=self.group,
             client_id=f"{self.group}-{id(self):x}", enable_auto_commit=False,
@@ -370,14 +376,25 @@ class CheckpointedConsumer:
             return
         await self._before_commit()
         now = time.monotonic()
+        considered: list[int] = []
+        written: dict[int, tuple[int, int]] = {}
         for partition, end in done.items():
-            if force_checkpoint or now - self._checkpointed_at.get(partition, 0.0) >= CHECKPOINT_EVERY_S:
-                replay_from = self.points.replay_from(partition, end, self._replay_low_s(partition))
-                await checkpoints_topic.send(key=checkpoint_key(self.group, self.topic, partition),
-                                             value=encode_checkpoint(end, replay_from))
-                self._checkpoints[partition] = (end, replay_from)
-                self._checkpointed_at[partition] = now
+            if not force_checkpoint and now - self._checkpointed_at.get(partition, 0.0) < CHECKPOINT_EVERY_S:
+                continue
+            considered.append(partition)
+            replay_from = self.points.replay_from(partition, end, self._replay_low_s(partition))
+            last = self._checkpoints.get(partition)
+            if last is not None and last[1] == replay_from and \
+                    now - self._written_at.get(partition, 0.0) < CHECKPOINT_REFRESH_S:
+                continue   # the checkpoint on the topic replays the same records
+            await checkpoints_topic.send(key=checkpoint_key(self.group, self.topic, partition),
+                                         value=encode_checkpoint(end, replay_from))
+            written[partition] = (end, replay_from)
         await app.producer.flush()
+        # Delivered: later commits may rely on them (a failed flush leaves them due).
+        self._checkpointed_at.update((p, now) for p in considered)
+        self._checkpoints.update(written)
+        self._written_at.update((p, now) for p in written)
         await self._consumer.commit({TopicPartition(self.topic, p): OffsetAndMetadata(end, "")
                                      for p, end in done.items()})
         self._committed.update(done)
@@ -404,6 +421,7 @@ class CheckpointedConsumer:
                 self._warm_until.pop(partition, None)
                 self._committed.pop(partition, None)
                 self._checkpointed_at.pop(partition, None)
+                self._written_at.pop(partition, None)
         log.info("%s partitions revoked: %s", self.kind, sorted(mine))
 
     async def assign(self, assigned: list[TopicPartition]) -> None:

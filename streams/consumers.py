@@ -5,9 +5,8 @@ replay span (the longest of theirs).
 
 Start-up order: the decision policy is seeded from the decisions topic first
 (:func:`streams.decide.seed_policy`), so that nothing a consumer replays or
-redelivers decides twice; then the checkpoint topic is read once for all of
-them; then they join their groups, all at once (a join takes a few seconds on
-Tansu). They stop (finish, commit) before Faust stops
+redelivers decides twice; then they join their groups, all at once (a join
+takes a few seconds on Tansu). They stop (finish, commit) before Faust stops
 its producer, the request consumer first, so that what it re-keys last can be
 read by the others at their next start.
 """
@@ -18,7 +17,7 @@ import asyncio
 
 from streams import detect_behaviour, detect_bola, detect_geo, detect_latency, detect_logins
 from streams.app import app, settings
-from streams.checkpointed_consumer import CheckpointedConsumer, read_checkpoints
+from streams.checkpointed_consumer import CheckpointedConsumer
 from streams.decide import seed_policy
 from streams.rekey import unpack_events, unpack_samples
 from streams.rekeyed_consumer import RekeyedConsumer
@@ -41,8 +40,6 @@ app.before_stop.extend(consumer.stop for consumer in consumers)
 
 @app.task
 async def run_consumers() -> None:
-    """Seed the policy, read the checkpoints, start every consumer (once the app and its
-    producer run)."""
+    """Seed the policy, start every consumer (once the app and its producer run)."""
     await seed_policy()
-    checkpoints = await read_checkpoints()
-    await asyncio.gather(*(consumer.start(checkpoints) for consumer in consumers))
+    await asyncio.gather(*(consumer.start() for consumer in consumers))
