@@ -22,6 +22,13 @@ closed, the failed-login spike's buckets) is exact for events that are not
 late: a watermark is a processing-time judgement (idle sources) and a replay
 runs at its own pace.
 
+"Exact" means: the same state as without the restart *for the same order of
+arrival*. A re-keyed partition receives the events of several request
+partitions interleaved batch by batch, so when a key's events come from
+several request partitions, which of them crosses a threshold depends on that
+interleaving — after a restart as in any run; with one source, the order is
+the order sent.
+
 These topics carry few, large messages (a re-keyed batch each), so Faust's
 per-message cost does not matter here; what this module brings is the
 ownership of offsets that exact state needs, which Faust's agents do not give
