@@ -108,12 +108,16 @@ def request_address(event: RequestEvent) -> bytes:
     naming the first value that does not fit (a ``client_ip`` that is not an address, an
     integer out of its column's range)."""
     ip = _ip16(event.client_ip)
+    asn = event.asn
+    if (0 <= event.v <= _UINT8 and 0 <= event.status <= _UINT16 and 0 <= event.bytes_in <= _UINT64
+            and 0 <= event.bytes_out <= _UINT64 and (asn is None or 0 <= asn <= _UINT32)):
+        return ip  # the common case in one test; the checks below name what does not fit
     _uint(event.v, _UINT8, "v")
     _uint(event.status, _UINT16, "status")
     _uint(event.bytes_in, _UINT64, "bytes_in")
     _uint(event.bytes_out, _UINT64, "bytes_out")
-    if event.asn is not None:
-        _uint(event.asn, _UINT32, "asn")
+    if asn is not None:
+        _uint(asn, _UINT32, "asn")
     return ip
 
 
