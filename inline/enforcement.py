@@ -47,8 +47,10 @@ source together (``gatewatch_username_throttle_rate_limit``, default one per
 addresses, so a per-address bucket would never fill (NIST SP 800-63B §5.2.2,
 "Rate Limiting (Throttling)": limit failed attempts *per account*, e.g. a 30 s
 wait between attempts; OWASP Authentication Cheat Sheet, "Account Lockout").
-The owner of the account may wait that long to log in while the attack lasts,
-which is the point of throttling instead of banning addresses. Every other
+An address that logged in to the account successfully before
+(:mod:`inline.recognized_sources`, OWASP's device-cookie scheme with the address
+as the device) keeps a budget of its own instead, so the owner is not locked out
+with the attackers. Every other
 scope is throttled per matching client address and decision
 (``gatewatch_throttle_rate_limit``), so the other users of an ASN or prefix
 keep their own budgets. The buckets live in each gateway process: N gateways
@@ -101,6 +103,7 @@ from gatewatch.signing import DecisionVerifier, Headers
 from inline import brokers, flowtags
 from inline.flowstate import FlowFacts, answered, get_facts, json_answer
 from inline.ratelimit import GcraLimiter, format_rate_limit, parse_rate_limit, retry_after_header
+from inline.recognized_sources import RecognizedSources
 
 logger = logging.getLogger(__name__)
 _ALLOW_KEY = ALLOW_KEY_PREFIX.encode()
@@ -193,6 +196,7 @@ class Enforcement:
         self.loaded = False
         self.throttle: GcraLimiter | None = None
         self.username_throttle: GcraLimiter | None = None
+        self.recognized = RecognizedSources()
         self.geo_lookup: GeoLookup | None = None
         self.after_login = LoginStage(self)
         self.verifier = DecisionVerifier.from_settings(load_settings())
@@ -349,8 +353,9 @@ class Enforcement:
             retry = max(1, math.ceil(active.expires - now))
             json_answer(flow, 403, blocked_body(active), "decision", {"Retry-After": str(retry)})
             return
-        if active.scope == "username":   # the account, whatever the source (module docstring)
-            limiter, bucket = self.username_throttle, active.key()
+        if active.scope == "username" and not (
+                facts.username_hash and self.recognized.recognized(facts.username_hash, facts.client_ip, now)):
+            limiter, bucket = self.username_throttle, active.key()   # the account, from any unrecognized source
         else:
             limiter, bucket = self.throttle, f"{active.key()}|{facts.client_ip}"
         if limiter is None:
@@ -420,6 +425,13 @@ class LoginStage:
 
     def __init__(self, enforcement: Enforcement) -> None:
         self.enforcement = enforcement
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        """After :class:`inline.login.Login` read the outcome: a successful login makes its
+        address a recognized source of the account (:mod:`inline.recognized_sources`)."""
+        facts = get_facts(flow)
+        if facts is not None and facts.login == "success" and facts.username_hash:
+            self.enforcement.recognized.remember(facts.username_hash, facts.client_ip, time.time())
 
     def request(self, flow: http.HTTPFlow) -> None:
         facts = get_facts(flow)

@@ -8,7 +8,7 @@ import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from mitmproxy import exceptions
+from mitmproxy import exceptions, http
 from mitmproxy.test import taddons
 
 from gatewatch.events import Decision, MalformedRecord
@@ -392,8 +392,9 @@ def test_addon_scopes_throttle_allow_list_and_username_stage(tmp_path):
 def test_username_throttle_counts_the_account_across_sources():
     """A distributed attack tries one account from many addresses, a few attempts each:
     the username throttle's bucket is the account, so the 4th attempt is refused
-    whatever address it comes from, while another account and a throttle on an ASN
-    (per address) keep their own budgets."""
+    whatever address it comes from. The owner's address, which logged in successfully
+    before, keeps a budget of its own; another account and a throttle on an ASN (per
+    address) keep theirs too."""
     async def go():
         routes, enf, login = Routes(), Enforcement(), Login()
         chain = [routes, enf, login, enf.after_login]
@@ -403,25 +404,31 @@ def test_username_throttle_counts_the_account_across_sources():
                            gatewatch_username_throttle_rate_limit="0.01:3",
                            gatewatch_geo_lookup="geo_fixture:lookup")
             tctx.configure(login, gatewatch_username_hash_key="k")
+            refused = http.Response.make(401, b'{"error":"bad credentials"}', {"Content-Type": "application/json"})
+
+            async def attempt(peer: str, user: str, right: bool = False) -> int:
+                flow = await run_flow(tctx, chain, make_flow(
+                    peer=peer, path="/login", method="POST", headers={"Content-Type": "application/json"},
+                    body=json.dumps({"username": user, "password": "x"}).encode()),
+                    upstream=None if right else refused)
+                return flow.response.status_code
+
+            owner = "198.18.200.7"
+            assert await attempt(owner, "victim", right=True) == 200       # before the attack
+            assert enf.recognized.recognized(username_hash("k", "victim"), owner, time.time())
             throttled = live("username", username_hash("k", "victim"), "throttle")
             for d in (throttled, live("asn", "AS64501", "throttle")):
                 signed_apply(enf, d.key().encode(), d.to_json(), time.time())
-
-            async def attempt(peer: str, user: str) -> int:
-                flow = await run_flow(tctx, chain, make_flow(
-                    peer=peer, path="/login", method="POST", headers={"Content-Type": "application/json"},
-                    body=json.dumps({"username": user, "password": "x"}).encode()))
-                return flow.response.status_code
-
             # one attempt from each of six addresses: the account's burst of 3, then 429
-            assert [await attempt(f"203.0.113.{i}", "victim") for i in range(1, 7)] == [200] * 3 + [429] * 3
-            code = await attempt("203.0.114.1", "someone-else")
-            assert code == 200
+            assert [await attempt(f"203.0.113.{i}", "victim") for i in range(1, 7)] == [401] * 3 + [429] * 3
+            # the owner's address: its own budget of 2 (gatewatch_throttle_rate_limit)
+            assert [await attempt(owner, "victim", right=True) for _ in range(3)] == [200, 200, 429]
+            assert await attempt("203.0.114.1", "someone-else") == 401
             # AS64501 (geo_fixture: 198.51.100.0/24): each address has its own budget of 2
             statuses = [await attempt(peer, "bob") for peer in ("198.51.100.1", "198.51.100.1",
                                                                  "198.51.100.1", "198.51.100.2")]
-            assert statuses == [200, 200, 429, 200]
-        assert enf.stats.throttled == 4
+            assert statuses == [401, 401, 429, 401]
+        assert enf.stats.throttled == 5
     asyncio.run(go())
 
 
