@@ -400,8 +400,9 @@ class GatewatchSettings(BaseSettings):
     decision_prefix_v4: int = 24
     decision_prefix_v6: int = 64
     throttle_rate_limit: RateLimit = RateLimit(rate_per_s=1.0, burst=5)   # per client address and decision
-    # Per account (all sources): NIST SP 800-63B §5.2.2 suggests e.g. a 30 s wait between attempts.
-    username_throttle_rate_limit: RateLimit = RateLimit(rate_per_s=1 / 30, burst=3)
+    # Username throttles per account (all unrecognized sources) instead of per address; None = off
+    # (see inline/enforcement.py for the measured trade-off). E.g. "0.0333:3" (NIST SP 800-63B 5.2.2).
+    username_throttle_rate_limit: RateLimit | None = None
     decisions_fail_open: bool = True
     geo_lookup: str = Field("", description="'module:function' mapping a client IP to (asn, country) or None.")
     # Event spool: where events wait on disk while the broker is away.

@@ -432,6 +432,30 @@ def test_username_throttle_counts_the_account_across_sources():
     asyncio.run(go())
 
 
+def test_username_throttle_is_per_address_by_default():
+    """With ``gatewatch_username_throttle_rate_limit`` off (the default) a username
+    throttle gives each address its own budget (gatewatch_throttle_rate_limit)."""
+    async def go():
+        routes, enf, login = Routes(), Enforcement(), Login()
+        chain = [routes, enf, login, enf.after_login]
+        with taddons.context(*chain) as tctx:
+            tctx.configure(enf, gatewatch_bootstrap_servers="127.0.0.1:1", gatewatch_throttle_rate_limit="0.01:2")
+            tctx.configure(login, gatewatch_username_hash_key="k")
+            assert enf.username_throttle is None
+            d = live("username", username_hash("k", "victim"), "throttle")
+            signed_apply(enf, d.key().encode(), d.to_json(), time.time())
+
+            async def attempt(peer: str) -> int:
+                flow = await run_flow(tctx, chain, make_flow(
+                    peer=peer, path="/login", method="POST", headers={"Content-Type": "application/json"},
+                    body=json.dumps({"username": "victim", "password": "x"}).encode()))
+                return flow.response.status_code
+
+            assert [await attempt("203.0.113.1") for _ in range(3)] == [200, 200, 429]
+            assert [await attempt(f"203.0.113.{i}") for i in range(2, 6)] == [200] * 4
+    asyncio.run(go())
+
+
 def test_broken_geo_hook_is_counted_and_fails_open():
     async def go():
         routes, enf = Routes(), Enforcement()
