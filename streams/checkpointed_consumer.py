@@ -35,10 +35,17 @@ session timeout, the fetch wait of the decision path. Positions are never
 reset implicitly (``auto_offset_reset="none"``): a partition without a
 committed offset is read from its beginning, and a position found past the
 end (the broker lost its data and came back) starts again at the beginning,
-both by explicit seeks. After a rejoin, a partition read before is read again
-from its last record, which must be the same record: a broker restarted with
-empty storage whose new log already grew past the old position is noticed
-that way, and the new log is read from its start. Checkpoints are read to the
+both by explicit seeks. Tansu answers a fetch past the end of a log with no
+records and no error, but with the right high-watermark: a next offset above
+the high-watermark fetched there means the log is shorter than what was read
+(the broker came back with empty storage). After a rejoin, a partition read
+before is read again from its last record, which must be the same record (the
+same value and producer timestamp: progress-only messages of an idle
+re-keyed partition repeat the same bytes): a new log that already grew past
+the old position is noticed that way. Either
+way the new log is read from its start. (A re-keyed partition always has a
+position — progress messages arrive every second — so without the first check
+it would wait, after a broker loss, until the new log reached the old length.) Checkpoints are read to the
 high-watermark returned with fetched records, never to Tansu's wrong "latest
 offset" answer.
 """
@@ -132,8 +139,9 @@ class CheckpointedConsumer:
         self._consumer: AIOKafkaConsumer | None = None
         self._checkpoints: dict[int, tuple[int, int]] = {}   # partition -> (committed, replay_from)
         self._warm_until: dict[int, int] = {}
-        self._last_read: dict[int, tuple[int, int]] = {}   # partition -> (offset, hash of value)
-        self._verify: dict[int, tuple[int, int]] = {}      # partition -> record expected first
+        self._last_read: dict[int, tuple[int, int, int]] = {}   # partition -> (offset, hash of value, ts)
+        self._verify: dict[int, tuple[int, int, int]] = {}      # partition -> record expected first
+        self._next: dict[int, int] = {}                    # partition -> offset to read next
         self._committed: dict[int, int] = {}
         self._checkpointed_at: dict[int, float] = {}   # partition -> last considered
         self._written_at: dict[int, float] = {}        # partition -> last written
@@ -258,6 +266,7 @@ class CheckpointedConsumer:
             async with self._lock:
                 if batches:
                     await self._handle(batches)
+                self._check_log_ends()
                 if time.monotonic() - last_commit >= settings.commit_interval_s:
                     last_commit = time.monotonic()
                     try:
@@ -276,11 +285,12 @@ class CheckpointedConsumer:
             partition = tp.partition
             if partition not in self.assigned or not records:
                 continue
+            self._next[partition] = records[-1].offset + 1
             expected = self._verify.pop(partition, None)
             if expected is not None:
                 first = records[0]
-                if (first.offset, hash(first.value)) != expected:
-                    self._log_replaced(tp, expected[0])
+                if (first.offset, hash(first.value), first.timestamp) != expected:
+                    self._log_replaced(tp, f"the record at offset {expected[0]} is not the one read before")
                     continue
                 records = records[1:]   # the last record read before, read again to compare
                 if not records:
@@ -293,7 +303,8 @@ class CheckpointedConsumer:
             if records[-1].offset + 1 >= warm_until:
                 self._warm_until.pop(partition, None)
             ends[partition] = records[-1].offset + 1
-            self._last_read[partition] = (records[-1].offset, hash(records[-1].value))
+            last = records[-1]
+            self._last_read[partition] = (last.offset, hash(last.value), last.timestamp)
         if warm:
             self._warm(warm)
             counters.incr(f"warmed_{self.kind}", len(warm))
@@ -311,23 +322,38 @@ class CheckpointedConsumer:
             # Read here before (a rejoin): go on, re-reading the last record to check that the
             # broker still holds the same log (one restarted with empty storage does not).
             self._verify[partition] = last
-            self._consumer.seek(tp, last[0])
+            self._seek(tp, last[0])
             return
         # New here, or another worker went further: rebuild the state from the replay point.
         self._forget(partition)
         self.points.forget(partition)
         self._last_read.pop(partition, None)
         if committed is None:
-            self._consumer.seek(tp, 0)   # the log's start; if retention removed it, see _out_of_range
+            self._seek(tp, 0)   # the log's start; if retention removed it, see _out_of_range
             return
         self._committed[partition] = committed
         checkpoint = self._checkpoints.get(partition)
         replay_from = committed if checkpoint is None else min(checkpoint[1], committed)
-        self._consumer.seek(tp, replay_from)
+        self._seek(tp, replay_from)
         if replay_from < committed:
             self._warm_until[partition] = committed
             log.info("%s partition %d: replaying offsets %d..%d into the detectors", self.kind,
                      partition, replay_from, committed - 1)
+
+    def _seek(self, tp: TopicPartition, offset: int) -> None:
+        assert self._consumer is not None
+        self._consumer.seek(tp, offset)
+        self._next[tp.partition] = offset
+
+    def _check_log_ends(self) -> None:
+        """A partition whose next offset is above the high-watermark fetched there has a
+        shorter log than the one read (Tansu: no out-of-range error; module docstring)."""
+        assert self._consumer is not None
+        for partition in list(self.assigned):
+            tp = TopicPartition(self.topic, partition)
+            high, next_offset = self._consumer.highwater(tp), self._next.get(partition)
+            if high is not None and next_offset is not None and next_offset > high:
+                self._log_replaced(tp, f"the log ends at offset {high}, before offset {next_offset} read next")
 
     def _forget_position(self, partition: int) -> None:
         # The partition's log is not the one read before: offsets start over.
@@ -337,17 +363,17 @@ class CheckpointedConsumer:
         self._warm_until.pop(partition, None)
         self._last_read.pop(partition, None)
         self._verify.pop(partition, None)
+        self._next.pop(partition, None)
         self._new_log(partition)
 
-    def _log_replaced(self, tp: TopicPartition, offset: int) -> None:
-        """The record at ``offset`` is not the one read there before: the broker lost the
-        partition's log and a new one grew in its place. Read it from the beginning."""
-        assert self._consumer is not None
+    def _log_replaced(self, tp: TopicPartition, why: str) -> None:
+        """The broker lost the partition's log (``why`` says how it shows) and a new one
+        is in its place. Read it from the beginning."""
         counters.incr("partition_log_replaced")
-        log.warning("%s partition %d: the record at offset %d is not the one read before (the broker "
-                    "lost its log); reading the new log from its beginning", self.kind, tp.partition, offset)
+        log.warning("%s partition %d: %s (the broker lost its log); reading the new log from its "
+                    "beginning", self.kind, tp.partition, why)
         self._forget_position(tp.partition)
-        self._consumer.seek(tp, 0)
+        self._seek(tp, 0)
 
     async def _out_of_range(self, positions: dict[TopicPartition, int]) -> None:
         """A position past the partition's end (a broker that lost its data came back, or
@@ -360,7 +386,7 @@ class CheckpointedConsumer:
                         "reading it from its beginning", self.kind, tp.partition, offset)
             self._forget_position(tp.partition)
             if offset:
-                self._consumer.seek(tp, 0)
+                self._seek(tp, 0)
             else:   # offset 0 itself is gone (retention): ask the broker where the log starts
                 await self._consumer.seek_to_beginning(tp)
 
@@ -370,8 +396,11 @@ class CheckpointedConsumer:
         """Commit, per assigned partition, the offset up to which everything is done and
         emitted; publish replay points first (see the module docstring)."""
         assert self._consumer is not None
+        # Never past the offset read next: after a log was replaced, the committable offsets
+        # of the old log must not be committed into the new one (its first records would be
+        # taken for handled ones at the next assignment).
         done = {p: end for p, end in self._committable().items()
-                if p in self.assigned and end > self._committed.get(p, -1)}
+                if p in self.assigned and self._committed.get(p, -1) < end <= self._next.get(p, -1)}
         if not done:
             return
         await self._before_commit()
@@ -422,6 +451,7 @@ class CheckpointedConsumer:
                 self._committed.pop(partition, None)
                 self._checkpointed_at.pop(partition, None)
                 self._written_at.pop(partition, None)
+                self._next.pop(partition, None)
         log.info("%s partitions revoked: %s", self.kind, sorted(mine))
 
     async def assign(self, assigned: list[TopicPartition]) -> None:

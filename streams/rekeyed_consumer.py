@@ -88,6 +88,7 @@ class RekeyedConsumer(CheckpointedConsumer):
 
     def _new_log(self, partition: int) -> None:
         self.merged.resends.forget(partition)
+        self._handled.pop(partition, None)
 
     def _revoked(self, partition: int) -> None:
         self._handled.pop(partition, None)
