@@ -121,8 +121,10 @@ class _Rebalance(ConsumerRebalanceListener):
 
 
 class CheckpointedConsumer:
-    """Reads ``topic`` in batches in group ``group`` (see the module docstring); replays
-    ``replay_s`` seconds of event time into the detectors when a partition is assigned.
+    """Reads ``topic`` in batches of at most ``max_records`` records (default
+    ``settings.detector_batch_size``) in group ``group`` (see the module docstring);
+    replays ``replay_s`` seconds of event time into the detectors when a partition is
+    assigned.
 
     :meth:`start` joins the group and starts the loop (and the subclass's background
     tasks; checkpoints are read when partitions are assigned); :meth:`stop` commits
@@ -131,8 +133,9 @@ class CheckpointedConsumer:
     below; counters are named after ``kind``.
     """
 
-    def __init__(self, group: str, topic: str, kind: str, replay_s: float) -> None:
+    def __init__(self, group: str, topic: str, kind: str, replay_s: float, max_records: int | None = None) -> None:
         self.group, self.topic, self.kind = group, topic, kind
+        self.max_records = max_records or settings.detector_batch_size
         self.points = ReplayPoints(window_s=replay_s)
         self.assigned: set[int] = set()
         self.joined = False
@@ -251,7 +254,7 @@ class CheckpointedConsumer:
         last_commit = time.monotonic()
         while not self._stopping:
             try:
-                batches = await self._consumer.getmany(timeout_ms=100, max_records=settings.detector_batch_size)
+                batches = await self._consumer.getmany(timeout_ms=100, max_records=self.max_records)
             except OffsetOutOfRangeError as exc:
                 await self._out_of_range(exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {})
                 continue
