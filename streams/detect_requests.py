@@ -14,7 +14,7 @@ gets its windows rebuilt there by the replay of :mod:`streams.checkpoints`.
 
 Re-keyed events are sent in bulk (:data:`REKEY_FLUSH_EVENTS` or
 :data:`REKEY_FLUSH_S`, also from a timer). For the watermarks of the merged,
-re-keyed streams (:mod:`streams.watermarks`) the agent tracks the newest event
+re-keyed streams (:mod:`streams.watermarks`) the request consumer tracks the newest event
 time of each partition it reads and sends, with every re-keyed message and
 every :data:`PROGRESS_EVERY_S` seconds to every partition of the three
 re-keyed topics, the progress of what it has sent.

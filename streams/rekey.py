@@ -1,7 +1,7 @@
 """Re-keying the request stream for the detectors that are not keyed by client IP.
 
 Requests arrive keyed by client IP. Three detectors need another key, so the
-request agent (:mod:`streams.detect_requests`) sorts each batch it has parsed
+request consumer (:mod:`streams.detect_requests`) sorts each batch it has parsed
 and sends it on. A key's partition is computed here exactly as Kafka's default
 partitioner would (murmur2 of the key, :func:`partition_for`), and each batch
 becomes **one message per destination partition**, not one per key or event
@@ -24,8 +24,8 @@ principals is 4 messages, not 400):
   windows of the credential-stuffing detector see every login, whatever the worker.
 
 ``progress`` maps each source partition of the request topic that the sending
-agent reads to the newest event time it has processed (epoch seconds): the
-receiving agents derive their low watermark from it (:mod:`streams.watermarks`).
+consumer reads to the newest event time it has processed (epoch seconds): the
+receiving consumers derive their low watermark from it (:mod:`streams.watermarks`).
 Messages with no events or samples carry progress only.
 
 Each event or sample carries its **origin**: the request partition and offset
