@@ -3,7 +3,9 @@
 (:mod:`streams.rekeyed_consumer`), each with the detectors of that topic and its
 replay span (the longest of theirs).
 
-Start-up order: the decision policy is seeded from the decisions topic first
+Start-up order: the behaviour model file is read (on a thread: importing skops and
+loading a model take 0.4–1.5 s, which must not stall the loop in the middle of
+traffic) and the decision policy is seeded from the decisions topic
 (:func:`streams.decide.seed_policy`), so that nothing a consumer replays or
 redelivers decides twice; then they join their groups, all at once (a join
 takes a few seconds on Tansu). They stop (finish, commit) before Faust stops
@@ -40,6 +42,8 @@ app.before_stop.extend(consumer.stop for consumer in consumers)
 
 @app.task
 async def run_consumers() -> None:
-    """Seed the policy, start every consumer (once the app and its producer run)."""
+    """Load the behaviour model, seed the policy, start every consumer (once the app and its
+    producer run)."""
+    await asyncio.to_thread(detect_behaviour.worker_model)
     await seed_policy()
     await asyncio.gather(*(consumer.start() for consumer in consumers))

@@ -3,7 +3,8 @@ by principal (``topic_requests_by_principal``), so each principal's windows live
 worker: one detector per by-principal partition (:mod:`streams.rekeyed_consumer`).
 
 The model file (``settings.behaviour.model_path``, written by ``gatewatch
-train``) is read once, when the first partition is assigned. With no file it is
+train``) is read once, at start-up before the consumers join
+(:mod:`streams.consumers`). With no file it is
 logged once and nothing is detected; a file that cannot be used (untrusted
 types, another feature set, unreadable) is logged the same way.
 Detections go through :func:`streams.decide.publish`: the decision policy's
@@ -89,8 +90,8 @@ class BehaviourStage:
 
 @functools.cache
 def worker_model() -> BehaviourModel | None:
-    """This worker's model, loaded (and logged) once — when the first partition's detectors are
-    built, after Faust has set up logging."""
+    """This worker's model, loaded (and logged) once: at start-up, on a thread, after Faust has
+    set up logging (:func:`streams.consumers.run_consumers`)."""
     detector = load_detector(settings.behaviour)
     return None if detector is None else detector.model
 
