@@ -18,7 +18,7 @@ import pytest
 from gatewatch.events import RequestEvent, new_id, parse_decision, parse_detection
 from gatewatch.netutil import free_port
 from gatewatch.settings import GatewatchSettings
-from worker_harness import Worker, producer, read_topic, wait_for
+from worker_harness import Worker, producer, read_topic, running_worker, wait_for
 
 ENUMERATOR, ENUMERATOR_IP = "key-enum", "203.0.113.70"
 SYNC, SYNC_IP = "key-bulk", "198.51.100.30"
@@ -27,14 +27,9 @@ SERIES = "GET /items/{id}"
 
 @pytest.fixture
 def worker(settings: GatewatchSettings, tmp_path: Path):
-    w = Worker(settings.model_copy(update={"worker_web_port": free_port(), "sink_batch_within_s": 0.2}),
-               tmp_path)
-    try:
-        w.start()
+    s = settings.model_copy(update={"worker_web_port": free_port(), "sink_batch_within_s": 0.2})
+    with running_worker(s, tmp_path) as w:
         yield w
-    finally:
-        rc = w.stop()
-        assert rc == 0, w.log_tail()
 
 
 def _event(ts: datetime, ip: str, principal: str, path: str, route: str, status: int,

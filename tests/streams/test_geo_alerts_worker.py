@@ -20,7 +20,7 @@ from gatewatch import geoip
 from gatewatch.events import Decision, RequestEvent, new_id, parse_detection
 from gatewatch.netutil import free_port
 from gatewatch.settings import GatewatchSettings
-from worker_harness import Worker, producer, read_topic, wait_for
+from worker_harness import Worker, producer, read_topic, running_worker, wait_for
 
 TRAVELLER = "key-traveller"
 LONDON_IP, CALIFORNIA_IP = "81.2.69.160", "8.8.8.8"
@@ -38,13 +38,8 @@ def worker(settings: GatewatchSettings, alertmanager: str, tmp_path: Path):
         "geo_anomaly": settings.geo_anomaly.model_copy(update={"learning_s": 0, "min_learning_events": 0}),
         "alerting": settings.alerting.model_copy(update={"alertmanager_url": alertmanager}),
     })
-    w = Worker(s, tmp_path)
-    try:
-        w.start()
+    with running_worker(s, tmp_path) as w:
         yield w
-    finally:
-        rc = w.stop()
-        assert rc == 0, w.log_tail()
 
 
 def _event(ts: datetime, ip: str, principal: str = "", **kw) -> RequestEvent:

@@ -14,7 +14,7 @@ from gatewatch.events import Decision, RequestEvent, new_id, parse_decision, par
 from gatewatch.netutil import free_port
 from gatewatch.settings import GatewatchSettings
 from gatewatch.signing import DecisionSigner, DecisionVerifier
-from worker_harness import Worker, producer, read_topic, wait_for
+from worker_harness import Worker, producer, read_topic, running_worker, wait_for
 
 ATTACKER = "203.0.113.7"
 BENIGN_IPS = ["198.51.100.10", "198.51.100.11", "198.51.100.12", "2001:db8::20"]
@@ -30,13 +30,8 @@ def worker_settings(settings: GatewatchSettings) -> GatewatchSettings:
 
 @pytest.fixture
 def worker(worker_settings: GatewatchSettings, tmp_path: Path):
-    w = Worker(worker_settings, tmp_path)
-    try:
-        w.start()
+    with running_worker(worker_settings, tmp_path) as w:
         yield w
-    finally:
-        rc = w.stop()
-        assert rc == 0, w.log_tail()
 
 
 def _event(ts: datetime, ip: str, **kw) -> RequestEvent:
