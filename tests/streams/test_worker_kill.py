@@ -64,8 +64,10 @@ def test_sigkill_mid_attack_restart_detects_at_the_threshold_once(worker_setting
     restarted = Worker(s, tmp_path)
     restarted.start()
     try:
-        health = restarted.health()
-        assert health["counters"].get("warmed_requests", 0) >= before, health["counters"]  # windows rebuilt
+        # Windows rebuilt: the replay runs once the request consumer has its partitions, which
+        # can be just after the worker reports ready.
+        wait_for(lambda: restarted.health()["counters"].get("warmed_requests", 0) >= before or None, 30,
+                 "the per-IP windows replayed")
         send_requests(s, attack[before + 2:] + benign[6:])
         detections, decisions = wait_for(lambda: _attacker_findings(s) if _attacker_findings(s)[1] else None,
                                          30, "the decision after the restart")
