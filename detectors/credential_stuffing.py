@@ -17,7 +17,10 @@ rule themselves are left out of the failure and IP counts (they are handled).
 
 ``username`` — per username hash, within ``aggregate_window_s``: at least
 ``username_min_failures`` (10) failures from at least ``username_min_ips`` (3)
-distinct IPs — one account attacked from several places.
+distinct IPs — one account attacked from several places. Failures from an
+address that logged in to the same account successfully within that window
+(before or after them) are left out, of the failures and of the IPs: see the
+owner rule below.
 
 ``global`` — the low-and-slow attack (hundreds of IPs, a few attempts each):
 failed logins per ``spike_bucket_s`` (60 s) bucket against an EWMA baseline of
@@ -29,6 +32,25 @@ baseline. One ``global`` detection marks the start. While a spike lasts, the
 ``spike_username_min_ips`` (2) IPs: the accounts under attack are throttled
 (``username`` scope, value = the username hash) instead of banning hundreds of
 mostly innocent (residential proxy) addresses.
+
+The owner rule: a failure from an address from which the same username logged
+in successfully is the owner mistyping, not an attacker — a success needs the
+password. A person who mistypes at home, logs in, then turns on a VPN (or
+changes networks) and mistypes again makes 2 failures from 2 addresses, which
+is all ``username_during_spike`` asks while someone else's attack makes the
+spike. So both ``username`` rules count only failures from addresses that did
+not log in to that account within the username's window (``aggregate_window_s``
+up to its newest attempt; a success that arrives later clears the earlier
+failures of its address for the next judgement, it does not withdraw a
+detection already made). The OWASP Credential Stuffing Prevention Cheat Sheet
+(its "IP blacklists" defence, in the revisions of the OWASP CheatSheetSeries
+repository that had one) removes most false positives the same way: compare a
+suspected address with the last addresses the account logged in from; OWASP's
+"Slow Down Online Guessing Attacks with Device Cookies" trusts, for an account,
+a client that has logged in to it; and the gateway spares such addresses from
+``username`` throttles (``inline/recognized_sources.py``). The evidence counts
+the failures left out (``failures_from_recognized_sources``); ``distinct_ips``
+counts only the others.
 
 The NAT rule: a busy corporate NAT (hundreds of real users behind one address)
 makes many failures over many usernames — typos, forgotten passwords — but
@@ -72,7 +94,9 @@ What it will not catch:
   fewer than ``spike_min_failures`` failures a minute overall, each username
   tried once — nothing repeats, nothing stands out;
 * an attacker mixing in as many successful logins (own accounts) as failures;
-* stuffing behind a busy NAT by IP (see above) — only by username;
+* stuffing behind a busy NAT by IP (see above) — only by username; and by
+  username not from an address the account's owner logged in from (a shared
+  NAT or VPN exit): the owner rule leaves those failures out;
 * the success that matters: one correct password among the failures is a
   success like any other (pair with MFA / breached-password checks).
 
@@ -267,7 +291,7 @@ class CredentialStuffingDetector:
         if "asn" in self.rules and event.asn is not None:
             self._aggregate(out, "asn", str(event.asn), self._asns, attempt, event,
                             self.cfg.asn_min_failures, self.cfg.asn_min_ips, self.cfg.asn_min_usernames)
-        if "username" in self.rules and event.username_hash and failed:
+        if "username" in self.rules and event.username_hash:
             self._username(out, event.username_hash, attempt, event)
         return out
 
@@ -295,6 +319,11 @@ class CredentialStuffingDetector:
             windows.drop(key)
 
     def _username(self, out: list[Detection], user: str, attempt: Attempt, event: RequestEvent) -> None:
+        if not attempt.failed:
+            # A success recognizes its address for this account (the owner rule), also while
+            # the account is quiet: it is kept in the window, it never fires.
+            self._usernames.add(user, attempt)
+            return
         if self._quiet.active("username:" + user, event.ts):
             return
         window = self._usernames.add(user, attempt)
@@ -303,13 +332,22 @@ class CredentialStuffingDetector:
             min_failures, min_ips = self.cfg.spike_username_min_failures, self.cfg.spike_username_min_ips
         else:
             min_failures, min_ips = self.cfg.username_min_failures, self.cfg.username_min_ips
-        if window.failures >= min_failures and len(window.sources) >= min_ips:
+        if window.failures < min_failures or len(window.sources) < min_ips:
+            return
+        # The owner rule: leave out failures from addresses that logged in to this account.
+        if window.successes:
+            owner = {a.source for a in window.attempts if not a.failed}
+            from_owner = sum(n for ip, n in window.sources.items() if ip in owner)
+            ips = sum(1 for ip in window.sources if ip not in owner)
+        else:
+            from_owner, ips = 0, len(window.sources)
+        if window.failures - from_owner >= min_failures and ips >= min_ips:
             rule = "username_during_spike" if during_spike else "username"
-            extra: dict[str, Any] = {"thresholds": {"min_failures": min_failures, "min_ips": min_ips}}
+            extra: dict[str, Any] = {"thresholds": {"min_failures": min_failures, "min_ips": min_ips},
+                                     "failures_from_recognized_sources": from_owner}
             if during_spike:
                 extra["spike"] = self._spike_evidence(event)
-            self._fire(out, "username", user, rule, window, event,
-                       distinct_ips=len(window.sources), extra=extra)
+            self._fire(out, "username", user, rule, window, event, distinct_ips=ips, extra=extra)
             self._usernames.drop(user)
 
     def _count_spike(self, event: RequestEvent, failed: bool, now: datetime,
@@ -399,8 +437,9 @@ class CredentialStuffingDetector:
             summary = (f"{window.failures} failed logins for {distinct} usernames from {value} "
                        f"within {window_s:g} s ({window.successes} successes)")
         elif scope == "username":
-            score = window.failures / evidence["thresholds"]["min_failures"]
-            summary = (f"{window.failures} failed logins for one username from {distinct_ips} IPs "
+            counted = window.failures - evidence.get("failures_from_recognized_sources", 0)
+            score = counted / evidence["thresholds"]["min_failures"]
+            summary = (f"{counted} failed logins for one username from {distinct_ips} IPs "
                        f"within {window_s:g} s" + (" during a failed-login spike"
                                                    if rule == "username_during_spike" else ""))
         else:

@@ -218,12 +218,37 @@ class BolaSettings(DetectorPolicySettings):
     actions: dict[str, BlockAction] = Field(default_factory=lambda: {"principal": "ban", "ip": "ban"})
 
 
+#: Autonomous systems of commercial VPN providers and hosting/VPS networks (VPN exits run on
+#: them): an address there locates a server, not a person, so detectors/geo.py leaves its
+#: requests out of impossible travel. Each entry is in X4BNet/lists_vpn
+#: (https://github.com/X4BNet/lists_vpn), input/vpn/ASN.txt ("vpn") or
+#: input/datacenter/ASN.txt ("datacenter"), with the list's note; the names are the AS
+#: holders in the ASN data of ``gatewatch geo install`` (@ip-location-db/asn).
+DEFAULT_ANONYMIZER_ASNS: tuple[int, ...] = (
+    9009,    # M247 Europe SRL (vpn: "M247 (NordVPN)")
+    60068,   # Datacamp Limited (datacenter: "CDN77 (Datacamp)")
+    212238,  # Datacamp Limited (vpn: "Datacamp VPN")
+    136787,  # PacketHub S.A. (vpn: "NordVPN")
+    207137,  # PacketHub S.A. (vpn: "Packethub (NordVPN)")
+    209854,  # Cyberzone S.A. (vpn: "Surfshark")
+    60729,   # Stiftung Erneuerbare Freiheit (vpn: "Tor exit nodes")
+    14061,   # DigitalOcean (datacenter)
+    16276,   # OVH SAS (datacenter)
+    24940,   # Hetzner Online GmbH (datacenter)
+    63949,   # Akamai Technologies, formerly Linode (datacenter: "Linode")
+    20473,   # The Constant Company, Vultr (datacenter: "Choopa")
+)
+
+
 class GeoAnomalySettings(DetectorPolicySettings):
     """Geo anomalies per principal (detectors/geo.py): impossible travel above
     ``max_speed_kmh`` over at least ``min_distance_km``, a new country after a
     ``learning_s`` learning period with ``min_learning_events`` located requests,
-    and an optional per-principal country allow-list. Alerts only by default
-    (``actions`` empty): VPNs and cloud egress look like travel."""
+    and an optional per-principal country allow-list. Requests from
+    ``anonymizer_asns`` (VPN and hosting networks, default
+    :data:`DEFAULT_ANONYMIZER_ASNS`; ``[]`` judges every network) are left out
+    of impossible travel. Alerts only by default (``actions`` empty): a VPN or a
+    cloud network missing from that list still looks like travel."""
 
     enabled: bool = True
     max_speed_kmh: float = 900.0
@@ -232,6 +257,9 @@ class GeoAnomalySettings(DetectorPolicySettings):
     min_learning_events: int = 20
     allowed_countries: dict[str, list[str]] = Field(default_factory=dict)
     state_ttl_s: float = 30 * 86400.0
+    anonymizer_asns: list[int] = Field(
+        default_factory=lambda: list(DEFAULT_ANONYMIZER_ASNS),
+        description="ASNs of VPN and hosting networks whose requests are left out of impossible travel.")
 
 
 class BehaviourSettings(DetectorPolicySettings):

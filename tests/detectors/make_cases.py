@@ -118,12 +118,11 @@ def cs_fast_stuffing_one_ip(rng: random.Random) -> tuple[list[RequestEvent], dic
     }
 
 
-def cs_low_and_slow_200_ips(rng: random.Random) -> tuple[list[RequestEvent], dict[str, Any]]:
-    staff = [(f"staff{i}", f"198.51.100.{10 + i}" if i % 3 else f"2001:db8:100::{i:x}") for i in range(40)]
-    events = benign_logins(rng, "ls-ok", staff, 0, 1500, typo_rate=0.1, every_s=180)
+def low_and_slow_attack(rng: random.Random, prefix: str, targets: list[str]) -> list[RequestEvent]:
+    """200 IPs in 200 different /24s, 3 failed logins each at random times in [600, 1200) s,
+    on 3 distinct ``targets`` each; every target tried 5 times (120 targets), from >= 2 IPs."""
     nets = rng.sample([(a, b) for a in (18, 19) for b in range(256)], 200)
     ips = [f"198.{a}.{b}.{rng.randint(1, 254)}" for a, b in nets]
-    targets = [f"victim{k}@mail.test" for k in range(120)]
     while True:  # 5 attempts per target, 3 per IP, each IP on 3 distinct targets, each target from >= 2 IPs
         slots = [t for t in targets for _ in range(5)]
         rng.shuffle(slots)
@@ -134,11 +133,32 @@ def cs_low_and_slow_200_ips(rng: random.Random) -> tuple[list[RequestEvent], dic
                 ips_of.setdefault(user, set()).add(ip)
         if all(len(set(u)) == 3 for u in per_ip) and all(len(s) >= 2 for s in ips_of.values()):
             break
-    n = 0
+    events, n = [], 0
     for ip, users in zip(ips, per_ip):
         for user in users:
-            events.append(login(f"ls-atk-{n:04d}", rng.uniform(600, 1200), ip, user, False))
+            events.append(login(f"{prefix}-{n:04d}", rng.uniform(600, 1200), ip, user, False))
             n += 1
+    return events
+
+
+def spike_expectations(targets: list[str], spared: list[str]) -> dict[str, Any]:
+    """A low-and-slow attack's findings: the spike and every target's username throttled; no
+    IP, prefix or ASN rule, and none of the ``spared`` usernames."""
+    return {
+        "detector": "credential_stuffing",
+        "must_detect": [{"scope": "global", "value": "login_failures"}]
+        + [{"scope": "username", "value": uhash(u)} for u in targets],
+        "must_not_detect": [{"scope": "ip"}, {"scope": "prefix"}, {"scope": "asn"}]
+        + [{"scope": "username", "value": uhash(u)} for u in spared],
+        "decisions": [{"scope": "username", "value": uhash(u), "action": "throttle"} for u in targets],
+    }
+
+
+def cs_low_and_slow_200_ips(rng: random.Random) -> tuple[list[RequestEvent], dict[str, Any]]:
+    staff = [(f"staff{i}", f"198.51.100.{10 + i}" if i % 3 else f"2001:db8:100::{i:x}") for i in range(40)]
+    events = benign_logins(rng, "ls-ok", staff, 0, 1500, typo_rate=0.1, every_s=180)
+    targets = [f"victim{k}@mail.test" for k in range(120)]
+    events += low_and_slow_attack(rng, "ls-atk", targets)
     staff_names = [u for u, _ in staff]
     return events, {
         "description": ("Low-and-slow stuffing: 200 IPs in 200 different /24s, 3 attempts each over 10 "
@@ -146,12 +166,39 @@ def cs_low_and_slow_200_ips(rng: random.Random) -> tuple[list[RequestEvent], dic
                         "logging in every ~3 minutes (10 % typos). No IP or prefix crosses a threshold; "
                         "the global failed-login rate spikes (60/min against a baseline near 1), and "
                         "every targeted account is throttled by username. No staff account is."),
-        "detector": "credential_stuffing",
-        "must_detect": [{"scope": "global", "value": "login_failures"}]
-        + [{"scope": "username", "value": uhash(u)} for u in targets],
-        "must_not_detect": [{"scope": "ip"}, {"scope": "prefix"}, {"scope": "asn"}]
-        + [{"scope": "username", "value": uhash(u)} for u in staff_names],
-        "decisions": [{"scope": "username", "value": uhash(u), "action": "throttle"} for u in targets],
+        **spike_expectations(targets, staff_names),
+    }
+
+
+def cs_spike_owners_typo_on_two_networks(rng: random.Random) -> tuple[list[RequestEvent], dict[str, Any]]:
+    targets = [f"victim{k}@mail.test" for k in range(120)]
+    events = low_and_slow_attack(rng, "ow-atk", targets)
+    travellers = [f"traveller{i}" for i in range(8)]
+    for i, user in enumerate(travellers):  # home, then a VPN exit (or another network) and back
+        home, away = f"203.0.113.{10 + i}", f"192.0.2.{10 + i}"
+        t_home = rng.uniform(300, 900)
+        t_away = t_home + rng.uniform(60, 240)
+        for k, (t, ip) in enumerate(((t_home, home), (t_away, away))):
+            events.append(login(f"ow-{user}-{k}-typo", t, ip, user, False))
+            events.append(login(f"ow-{user}-{k}-ok", t + 2.0, ip, user, True))
+        if i % 2:  # a second typo on the way back home
+            events.append(login(f"ow-{user}-2-typo", t_away + 120, home, user, False))
+            events.append(login(f"ow-{user}-2-ok", t_away + 122, home, user, True))
+    owners = targets[:4]  # attacked accounts whose owners log in (after a typo) during the attack
+    for i, user in enumerate(owners):
+        ip, t = f"203.0.113.{100 + i}", rng.uniform(700, 1100)
+        events.append(login(f"ow-owner{i}-typo", t, ip, user, False))
+        events.append(login(f"ow-owner{i}-ok", t + 2.0, ip, user, True))
+    return events, {
+        "description": ("The low-and-slow attack of cs_low_and_slow_200_ips (the failed-login spike, 120 "
+                        "accounts tried from >= 2 IPs each) while 8 people mistype at home, log in, move "
+                        "to another network (a VPN exit) within 1-4 minutes, mistype and log in again; half "
+                        "of them mistype once more back home. Each makes 2-3 failures from 2 addresses, "
+                        "some during the spike, but every failure comes from an address that logged in to the "
+                        "account (the owner rule): none is throttled. Four attacked accounts' owners "
+                        "mistype and log in during the attack: their accounts are still throttled (the "
+                        "attackers' addresses never logged in to them)."),
+        **spike_expectations(targets, travellers),
     }
 
 
@@ -485,7 +532,8 @@ def behaviour_benign_half_hour(rng: random.Random) -> tuple[list[RequestEvent], 
 SCENARIOS = [cs_fast_stuffing_one_ip, cs_low_and_slow_200_ips, cs_corporate_nat, cs_benign_typo_users,
              bola_sequential_ids, bola_sequential_ids_vulnerable_api, bola_uuids, bola_bulk_sync_own_objects,
              bola_name_ids_anonymous, latency_regression_and_recovery, latency_short_blip_and_heavy_tail,
-             behaviour_stolen_key_scraper, behaviour_error_flood, behaviour_benign_half_hour]
+             behaviour_stolen_key_scraper, behaviour_error_flood, behaviour_benign_half_hour,
+             cs_spike_owners_typo_on_two_networks]
 
 
 def write_cases(root: Path = CASES_DIR) -> list[str]:
