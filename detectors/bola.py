@@ -66,11 +66,13 @@ Example::
 from __future__ import annotations
 
 import bisect
+import re
 import uuid
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, NamedTuple
+from operator import itemgetter
+from typing import Any
 
 from gatewatch.events import Detection, RequestEvent
 from gatewatch.settings import BolaSettings
@@ -86,6 +88,12 @@ def object_id(path: str, route: str) -> tuple[str, ...] | None:
     """The values of ``route``'s ``{params}`` in ``path`` (query string ignored), or None
     when the path does not match the template or the route has no parameter.
 
+    Segment by segment: the path up to its first ``?`` or ``#``, trailing ``/``
+    stripped from path and template alike, must have as many ``/``-separated
+    segments as the template; a ``{param}`` segment takes any non-empty value,
+    every other segment must be equal. Each template is compiled once into a
+    regular expression (:func:`_route_pattern`).
+
     >>> object_id("/users/7/orders/123?x=1", "/users/{uid}/orders/{oid}")
     ('7', '123')
     >>> object_id("/books/Dune", "/books/{title}"), object_id("/health", "/health")
@@ -93,109 +101,128 @@ def object_id(path: str, route: str) -> tuple[str, ...] | None:
     """
     if "{" not in route:
         return None
-    if "?" in path:
-        path = path.split("?", 1)[0]
-    if "#" in path:
-        path = path.split("#", 1)[0]
-    got = path.rstrip("/").split("/")
-    want = route.rstrip("/").split("/")
-    if len(got) != len(want):
+    pattern = _ROUTE_PATTERNS.get(route, _UNSEEN)
+    if pattern is _UNSEEN:
+        pattern = _route_pattern(route)
+    if pattern is None:
         return None
-    values = []
-    for segment, template in zip(got, want):
-        if template.startswith("{") and template.endswith("}"):
-            if not segment:
-                return None
-            values.append(segment)
-        elif segment != template:
-            return None
-    return tuple(values) or None
+    match = pattern.match(path)
+    return match.groups() if match is not None else None
 
 
-def _number(value: str) -> int | None:
-    return int(value) if value.isdigit() and len(value) <= 18 else None
+#: Compiled :func:`object_id` patterns by route template; emptied when it holds
+#: :data:`MAX_ROUTE_PATTERNS` (route templates come from the gateway's
+#: configuration, so a few dozen in practice).
+_ROUTE_PATTERNS: dict[str, re.Pattern[str] | None] = {}
+MAX_ROUTE_PATTERNS = 4096
+_UNSEEN = object()
 
 
-class _Access(NamedTuple):
-    ts: datetime
-    oid: str
-    denied: bool
-    status: int
-    event_id: str
+def _route_pattern(route: str) -> re.Pattern[str] | None:
+    """The regular expression :func:`object_id` matches paths of ``route`` with (one group
+    per ``{param}`` segment), or None for a template no path matches with a value: no
+    parameter segment, or a literal segment holding ``?`` or ``#`` (cut off every path)."""
+    parts = []
+    params = 0
+    for segment in route.rstrip("/").split("/"):
+        if segment.startswith("{") and segment.endswith("}"):
+            parts.append("([^/?#]+)")
+            params += 1
+        elif "?" in segment or "#" in segment:
+            params = 0
+            break
+        else:
+            parts.append(re.escape(segment))
+    # the path may end with any number of "/", then its end, its query string or fragment
+    pattern = re.compile("/".join(parts) + r"/*(?:[?#]|\Z)") if params else None
+    if len(_ROUTE_PATTERNS) >= MAX_ROUTE_PATTERNS:
+        _ROUTE_PATTERNS.clear()
+    _ROUTE_PATTERNS[route] = pattern
+    return pattern
+
+
+#: One access in a route window: ``(ts, object id, denied, status, event_id)`` — a plain
+#: tuple, built for every counted event (a NamedTuple's ``__new__`` is Python code).
+_Access = tuple[datetime, str, bool, int, str]
 
 
 class _RouteWindow:
-    """Accesses of one principal to one route template within the window."""
+    """Accesses of one principal to one route template within the window, oldest first,
+    with the number of accesses per object id and per denied object id."""
 
-    __slots__ = ("accesses", "ids", "denied", "statuses", "last_num", "run", "run_first", "run_ts")
+    __slots__ = ("accesses", "ids", "denied", "last_num", "run", "run_first", "run_ts")
 
     def __init__(self) -> None:
         self.accesses: deque[_Access] = deque()
-        self.ids: Counter[str] = Counter()
-        self.denied: Counter[str] = Counter()
-        self.statuses: Counter[int] = Counter()
+        self.ids: dict[str, int] = {}
+        self.denied: dict[str, int] = {}
         self.last_num: int | None = None
         self.run = 0
         self.run_first: int | None = None
         self.run_ts: datetime | None = None
 
-    def add(self, access: _Access, window: timedelta) -> bool:
-        """Count ``access`` and expire what left the window (``window`` up to the newest
-        access); False, counting nothing, for an access already out of it (late).
-        Accesses stay sorted by time whatever the arrival order."""
+    def add(self, ts: datetime, oid: str, denied: bool, status: int, event_id: str,
+            window: timedelta) -> bool:
+        """Count the access (the fields of :data:`_Access`) and expire what left the window
+        (``window`` up to the newest access); False, counting nothing, for an access
+        already out of it (late). Accesses stay sorted by time whatever the arrival order."""
         accesses = self.accesses
-        ts = access.ts
-        if accesses:
-            newest = accesses[-1].ts
-            if ts <= newest - window:
-                return False
-            if ts >= newest:
-                accesses.append(access)
-                newest = ts
-            else:
-                accesses.insert(bisect.bisect_right(accesses, ts, key=_access_ts), access)
+        if not accesses or ts >= accesses[-1][0]:  # in order: the common case
+            accesses.append((ts, oid, denied, status, event_id))
+            horizon = ts - window
         else:
-            accesses.append(access)
-            newest = ts
-        # dict.get, not Counter's += (which calls Counter.__missing__ for every new id)
-        ids, statuses, oid = self.ids, self.statuses, access.oid
+            horizon = accesses[-1][0] - window
+            if ts <= horizon:
+                return False
+            accesses.insert(bisect.bisect_right(accesses, ts, key=_access_ts),
+                            (ts, oid, denied, status, event_id))
+        ids = self.ids
         ids[oid] = ids.get(oid, 0) + 1
-        statuses[access.status] = statuses.get(access.status, 0) + 1
-        if access.denied:
+        if denied:
             self.denied[oid] = self.denied.get(oid, 0) + 1
-        if accesses[0].ts <= newest - window:
-            self.expire(newest - window)
+        if accesses[0][0] <= horizon:
+            self.expire(horizon)
         return True
 
     def expire(self, horizon: datetime) -> None:
-        while self.accesses and self.accesses[0].ts <= horizon:
-            old = self.accesses.popleft()
-            _decrement(self.ids, old.oid)
-            _decrement(self.statuses, old.status)
-            if old.denied:
-                _decrement(self.denied, old.oid)
+        """Drop the accesses at or before ``horizon``."""
+        accesses, ids = self.accesses, self.ids
+        while accesses and accesses[0][0] <= horizon:
+            _, oid, denied, _, _ = accesses.popleft()
+            _decrement(ids, oid)
+            if denied:
+                _decrement(self.denied, oid)
 
-    def step(self, num: int | None, ts: datetime, max_step: int, window: timedelta) -> None:
-        """Extend or restart the run of sequential numeric ids."""
-        if num is None:
+    def statuses(self) -> dict[int, int]:
+        """Accesses per HTTP status in the window."""
+        return Counter(status for _, _, _, status, _ in self.accesses)
+
+    def step(self, value: str, ts: datetime, max_step: int, window: timedelta) -> None:
+        """Extend or restart the run of sequential numeric ids with ``value``, the last
+        parameter of the access at ``ts``: a number when all decimal digits (at most 18)."""
+        if not (value.isdecimal() and len(value) <= 18):
             self.last_num, self.run, self.run_first = None, 0, None
             return
-        stale = self.run_ts is None or ts - self.run_ts > window
-        if not stale and self.last_num is not None and 0 < abs(num - self.last_num) <= max_step:
+        num = int(value)
+        last, run_ts = self.last_num, self.run_ts
+        stale = run_ts is None or ts - run_ts > window
+        if not stale and last is not None and 0 < abs(num - last) <= max_step:
             self.run += 1
-        elif num != self.last_num or stale:
+        elif num != last or stale:
             self.run, self.run_first = 1, num
         self.last_num, self.run_ts = num, ts
 
 
-def _access_ts(access: _Access) -> datetime:
-    return access.ts
+_access_ts = itemgetter(0)
 
 
-def _decrement(counter: Counter, key: Any) -> None:
-    counter[key] -= 1
-    if counter[key] <= 0:
-        del counter[key]
+def _decrement(counts: dict[Any, int], key: Any) -> None:
+    """One less ``key`` in ``counts`` (present, count >= 1); gone at zero."""
+    left = counts[key] - 1
+    if left > 0:
+        counts[key] = left
+    else:
+        del counts[key]
 
 
 @dataclass(slots=True)
@@ -229,8 +256,17 @@ class BolaDetector:
         self._window = timedelta(seconds=cfg.window_s)
         self._ttl = timedelta(seconds=cfg.state_ttl_s)
         self._quiet_delta = timedelta(seconds=cfg.ban_ttl_s)
+        # read for every event: held apart from cfg
+        self._max_step, self._known_ids_max = cfg.sequential_max_step, cfg.known_ids_max
+        self._min_distinct, self._min_denied = cfg.min_distinct_ids, cfg.min_denied_ids
+        # least recently seen first; ``_oldest`` is the first value (None when empty), so
+        # that _evict needs no iterator for every event
         self._principals: OrderedDict[tuple[str, str], _Principal] = OrderedDict()
+        self._oldest: _Principal | None = None
+        # end of the quiet period by principal, in the order they fired; ``_quiet_first``
+        # is the first value (None when empty)
         self._quiet: OrderedDict[tuple[str, str], datetime] = OrderedDict()
+        self._quiet_first: datetime | None = None
 
     @classmethod
     def from_settings(cls, settings: BolaSettings) -> BolaDetector:
@@ -258,48 +294,61 @@ class BolaDetector:
         self._evict(now)
         if event.answered_by != "upstream":
             return []
-        values = object_id(event.path, event.route)
+        route = event.route
+        if "{" not in route:
+            return []
+        values = object_id(event.path, route)
         if values is None:
             return []
+        ts = event.ts
         who = ("principal", event.principal) if event.principal else ("ip", event.client_ip)
-        state = self._principals.get(who)
+        principals = self._principals
+        state = principals.get(who)
         if state is None:
-            state = self._principals[who] = _Principal({}, OrderedDict(), event.ts)
+            state = principals[who] = _Principal({}, OrderedDict(), ts)
+            if self._oldest is None:
+                self._oldest = state
         else:
-            self._principals.move_to_end(who)
-            if event.ts > state.last_seen:
-                state.last_seen = event.ts
-        if 200 <= event.status < 300:
-            self._give(state, values)
-        until = self._quiet.get(who)
-        if until is not None and event.ts < until:
-            return []
-        oid = "/".join(values)
-        denied = event.status in _DENIED and values[-1] not in state.given
-        window = state.routes.get(event.route)
+            principals.move_to_end(who)
+            if state is self._oldest:
+                self._oldest = next(iter(principals.values()))
+            if ts > state.last_seen:
+                state.last_seen = ts
+        status = event.status
+        if 200 <= status < 300:
+            self._give(state.given, values)
+        if self._quiet_first is not None:
+            until = self._quiet.get(who)
+            if until is not None and ts < until:
+                return []
+        last = values[-1]
+        denied = status in _DENIED and last not in state.given
+        window = state.routes.get(route)
         if window is None:
-            window = state.routes[event.route] = _RouteWindow()
-        if not window.add(_Access(event.ts, oid, denied, event.status, event.event_id), self._window):
+            window = state.routes[route] = _RouteWindow()
+        if not window.add(ts, "/".join(values), denied, status, event.event_id, self._window):
             return []
-        window.step(_number(values[-1]), event.ts, self.cfg.sequential_max_step, self._window)
+        window.step(last, ts, self._max_step, self._window)
+        if len(window.ids) < self._min_distinct or len(window.denied) < self._min_denied:
+            return []
         return self._check(who, event, window)
 
-    def _give(self, state: _Principal, values: tuple[str, ...]) -> None:
-        given = state.given
+    def _give(self, given: OrderedDict[str, None], values: tuple[str, ...]) -> None:
+        """Remember ``values`` as given to a principal (most recent last), at most
+        ``known_ids_max`` of them."""
         for value in values:
             if value in given:
                 given.move_to_end(value)
             else:
                 given[value] = None
-                if len(given) > self.cfg.known_ids_max:
+                if len(given) > self._known_ids_max:
                     given.popitem(last=False)
 
     def _check(self, who: tuple[str, str], event: RequestEvent, window: _RouteWindow) -> list[Detection]:
+        """The detection ``event`` completes in ``window``, which holds at least
+        ``min_distinct_ids`` distinct and ``min_denied_ids`` denied ids (``process`` checks)."""
         cfg = self.cfg
-        distinct, denied = len(window.ids), len(window.denied)
-        if distinct < cfg.min_distinct_ids or denied < cfg.min_denied_ids:
-            return []
-        share = denied / distinct
+        share = len(window.denied) / len(window.ids)
         sequential = window.run >= cfg.min_sequential_run
         if share >= cfg.min_denied_share:
             rule = "denied_share"
@@ -307,14 +356,17 @@ class BolaDetector:
             rule = "sequential_ids"
         else:
             return []
-        self._quiet.pop(who, None)
-        self._quiet[who] = event.ts + self._quiet_delta
+        quiet = self._quiet
+        quiet.pop(who, None)
+        quiet[who] = event.ts + self._quiet_delta
+        self._quiet_first = next(iter(quiet.values()))
         return [self._detection(who, rule, event, window, share)]
 
     def _detection(self, who: tuple[str, str], rule: str, trigger: RequestEvent,
                    window: _RouteWindow, share: float) -> Detection:
         cfg = self.cfg
-        denied_events = [a.event_id for a in window.accesses if a.denied][-MAX_SAMPLE_EVENT_IDS:]
+        denied_events = [event_id for _, _, denied, _, event_id in window.accesses
+                         if denied][-MAX_SAMPLE_EVENT_IDS:]
         denied_ids = list(window.denied)[:MAX_SAMPLE_OBJECT_IDS]
         scope, value = who
         evidence: dict[str, Any] = {
@@ -326,14 +378,14 @@ class BolaDetector:
             "denied_share": round(share, 4),
             "sequential_run": window.run,
             "sequential_from": window.run_first,
-            "statuses": {str(k): v for k, v in sorted(window.statuses.items())},
+            "statuses": {str(k): v for k, v in sorted(window.statuses().items())},
             "sample_denied_object_ids": denied_ids,
             "thresholds": {"min_distinct_ids": cfg.min_distinct_ids, "min_denied_ids": cfg.min_denied_ids,
                            "min_denied_share": cfg.min_denied_share,
                            "min_sequential_run": cfg.min_sequential_run,
                            "sequential_denied_share": cfg.sequential_denied_share},
-            "first_ts": window.accesses[0].ts.isoformat(),
-            "last_ts": window.accesses[-1].ts.isoformat(),
+            "first_ts": window.accesses[0][0].isoformat(),
+            "last_ts": window.accesses[-1][0].isoformat(),
             "sample_event_ids": denied_events,
         }
         if scope == "principal":
@@ -352,14 +404,14 @@ class BolaDetector:
             evidence=evidence, sample_event_ids=denied_events)
 
     def _evict(self, now: datetime) -> None:
+        """Forget the least recently seen principals while idle since ``now - state_ttl_s``,
+        and the oldest quiet periods while over by ``now``."""
         horizon = now - self._ttl
-        principals = self._principals
-        while principals:
-            if next(iter(principals.values())).last_seen > horizon:
-                break
-            principals.popitem(last=False)
-        quiet = self._quiet
-        while quiet:
-            if next(iter(quiet.values())) > now:
-                break
-            quiet.popitem(last=False)
+        oldest = self._oldest
+        while oldest is not None and oldest.last_seen <= horizon:
+            self._principals.popitem(last=False)
+            oldest = self._oldest = next(iter(self._principals.values()), None)
+        first = self._quiet_first
+        while first is not None and first <= now:
+            self._quiet.popitem(last=False)
+            first = self._quiet_first = next(iter(self._quiet.values()), None)
