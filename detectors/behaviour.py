@@ -74,7 +74,7 @@ from typing import Any
 
 from detectors.behaviour_features import FEATURES, BehaviourWindows, WindowFeatures
 from detectors.behaviour_model import BehaviourModel, ScoredWindow
-from gatewatch.events import Detection, RequestEvent
+from gatewatch.events import Detection, ObservedRequest
 
 NAME = "behaviour"
 #: Default score threshold (settings ``behaviour.threshold``): well above 0.5, the paper's
@@ -154,12 +154,12 @@ class BehaviourDetector:
         """Events dropped because their window had closed."""
         return self.windows.late_events
 
-    def process(self, event: RequestEvent, now: datetime) -> list[Detection]:
+    def process(self, event: ObservedRequest, now: datetime) -> list[Detection]:
         """Count ``event`` in its window, then judge every window closed by ``now``."""
         self.add(event, now)
         return self.advance(now)
 
-    def add(self, event: RequestEvent, now: datetime) -> bool:
+    def add(self, event: ObservedRequest, now: datetime) -> bool:
         """Count ``event`` in its window without judging any (False: not counted — no
         principal, a gateway answer, or late for a window closed by ``now``)."""
         return self.windows.add(event, now)

@@ -48,7 +48,7 @@ from datetime import datetime, timezone
 from math import floor
 
 from detectors.bola import object_id
-from gatewatch.events import RequestEvent
+from gatewatch.events import ObservedRequest
 
 #: Length of a behaviour window, seconds (tumbling, aligned on the epoch).
 WINDOW_S = 300.0
@@ -97,7 +97,7 @@ class _Window:
     countries: set[str] = field(default_factory=set)
     samples: list[str] = field(default_factory=list)
 
-    def add(self, event: RequestEvent) -> None:
+    def add(self, event: ObservedRequest) -> None:
         self.requests += 1
         if event.status >= 400:
             self.errors += 1
@@ -152,7 +152,7 @@ class BehaviourWindows:
     def open_windows(self) -> int:
         return sum(len(p) for p in self._open.values())
 
-    def add(self, event: RequestEvent, now: datetime) -> bool:
+    def add(self, event: ObservedRequest, now: datetime) -> bool:
         """Count ``event`` in its principal's window; False when it does not count (not an
         upstream answer to a principal) or is late (its window closed by ``now``)."""
         if not event.principal or event.answered_by != "upstream":
@@ -222,7 +222,7 @@ class BehaviourWindows:
             del principals[principal]
 
 
-def windows_of(events: Iterable[RequestEvent], window_s: float = WINDOW_S) -> Iterator[WindowFeatures]:
+def windows_of(events: Iterable[ObservedRequest], window_s: float = WINDOW_S) -> Iterator[WindowFeatures]:
     """Features of every window of ``events`` (in event-time order, e.g. read from the
     store), each event's time as the clock, every window closed at the end. Lazy: a
     window is yielded once an event past its end was read."""

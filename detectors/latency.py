@@ -124,13 +124,13 @@ class _Window:
 
 
 class _Series:
-    __slots__ = ("open", "closed_before", "last_ts", "base_p95", "base_p50", "var_p95",
+    __slots__ = ("open", "closed_before", "last_s", "base_p95", "base_p50", "var_p95",
                  "learned", "bad", "good", "raised_at", "raised_baseline", "raised_severity")
 
     def __init__(self) -> None:
         self.open: dict[int, _Window] = {}
         self.closed_before = -1  # windows with index < this are closed
-        self.last_ts: datetime | None = None
+        self.last_s: float | None = None  # newest sample time, epoch s
         self.base_p95 = 0.0
         self.base_p50 = 0.0
         self.var_p95 = 0.0
@@ -198,12 +198,17 @@ class LatencyRegressionDetector:
         (a sample for an already closed window is counted in ``late_samples``). With
         :meth:`flush`, the worker's path: samples of a merged stream first, then the
         windows its watermark has passed."""
+        self.add_at(series, ts.timestamp(), latency_ms, event_id)
+
+    def add_at(self, series: str, epoch_s: float, latency_ms: float, event_id: str) -> None:
+        """:meth:`add` with the sample's time as seconds since the epoch (what the worker's
+        re-keyed samples carry: no ``datetime`` per sample)."""
         state = self._series.get(series)
         if state is None:
             state = self._series[series] = _Series()
         else:
             self._series.move_to_end(series)
-        index = math.floor(ts.timestamp() / self.cfg.window_s)
+        index = math.floor(epoch_s / self.cfg.window_s)
         if index < state.closed_before:
             self.late_samples += 1
         else:
@@ -211,7 +216,8 @@ class LatencyRegressionDetector:
             if window is None:
                 window = state.open[index] = _Window(index)
             window.add(latency_ms, event_id, self.cfg.max_samples_per_window, self._rng)
-        state.last_ts = ts if state.last_ts is None else max(state.last_ts, ts)
+        if state.last_s is None or epoch_s > state.last_s:
+            state.last_s = epoch_s
 
     def flush(self, now: datetime, series: Iterable[str] | None = None) -> list[Detection]:
         """Close the windows that ``now`` (event time) has passed, of every series or of
@@ -333,11 +339,11 @@ class LatencyRegressionDetector:
             score=round(score, 3), summary=summary, evidence=evidence, sample_event_ids=samples)
 
     def _evict(self, now: datetime) -> list[Detection]:
-        horizon = now - self._ttl
+        horizon = (now - self._ttl).timestamp()
         series = self._series
         while series:
             key, state = next(iter(series.items()))
-            if state.last_ts is not None and state.last_ts > horizon:
+            if state.last_s is not None and state.last_s > horizon:
                 break
             del series[key]
         return []

@@ -19,6 +19,7 @@ skip a bad message instead of crashing.
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any, Literal
 
@@ -150,6 +151,47 @@ class RequestEvent(_Record):
     def epoch_s(self) -> float:
         """``ts`` as seconds since the Unix epoch (float)."""
         return self.ts.timestamp()
+
+
+@dataclass(frozen=True, slots=True)
+class PrincipalRequest:
+    """The part of a :class:`RequestEvent` the per-principal detectors read (BOLA, geo
+    anomalies, behaviour outliers): what the worker re-keys by principal
+    (:mod:`streams.rekey`), ~150 bytes on the wire instead of ~460 for the whole
+    event. The attributes mean what they mean on :class:`RequestEvent`; every such
+    request was answered by the upstream. A plain dataclass, not a model: the
+    re-keyed rows are checked by their reader (:func:`streams.rekey.unpack_principal`)
+    and built without pydantic (~1.8 µs a row instead of ~9 µs to validate the event).
+    """
+
+    event_id: str
+    ts: datetime
+    client_ip: str
+    method: str
+    host: str
+    path: str
+    route: str
+    status: int
+    principal: str
+    country: str | None = None
+    asn: int | None = None
+    answered_by: AnsweredBy = "upstream"
+
+    @property
+    def epoch_s(self) -> float:
+        """``ts`` as seconds since the Unix epoch (float)."""
+        return self.ts.timestamp()
+
+    @classmethod
+    def of(cls, event: RequestEvent) -> PrincipalRequest:
+        """The projection of ``event``."""
+        return cls(event.event_id, event.ts, event.client_ip, event.method, event.host, event.path,
+                   event.route, event.status, event.principal, event.country, event.asn,
+                   event.answered_by)
+
+
+#: What the per-principal detectors take: a whole request event, or its projection.
+ObservedRequest = RequestEvent | PrincipalRequest
 
 
 class Detection(_Record):

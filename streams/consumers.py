@@ -21,12 +21,12 @@ from streams import detect_behaviour, detect_bola, detect_geo, detect_latency, d
 from streams.app import app, settings
 from streams.checkpointed_consumer import CheckpointedConsumer
 from streams.decide import seed_policy
-from streams.rekey import unpack_events, unpack_samples
+from streams.rekey import unpack_events, unpack_principal, unpack_samples
 from streams.rekeyed_consumer import RekeyedConsumer
 from streams.requests_consumer import requests_consumer
 
 by_principal = RekeyedConsumer(
-    "by_principal", settings.topic_requests_by_principal, unpack_events,
+    "by_principal", settings.topic_requests_by_principal, unpack_principal,
     lambda: detect_bola.stages() + detect_geo.stages() + detect_behaviour.stages(),
     max(detect_bola.REPLAY_S, detect_geo.REPLAY_S, detect_behaviour.REPLAY_S))
 logins = RekeyedConsumer("logins", settings.topic_logins, unpack_events, detect_logins.stages,

@@ -33,7 +33,7 @@ from datetime import datetime
 from detectors.behaviour import BehaviourDetector
 from detectors.behaviour_features import WINDOW_S
 from detectors.behaviour_model import BehaviourModel
-from gatewatch.events import Detection, RequestEvent
+from gatewatch.events import Detection, ObservedRequest
 from gatewatch.model_file import ModelFileError, ModelFileMissing, load_model_file, version_mismatch
 from gatewatch.settings import BehaviourSettings
 from streams import counters
@@ -75,7 +75,7 @@ class BehaviourStage:
     def __init__(self, detector: BehaviourDetector) -> None:
         self.detector = detector
 
-    def process(self, items: list[RequestEvent], now: datetime) -> list[Detection]:
+    def process(self, items: list[ObservedRequest], now: datetime) -> list[Detection]:
         for event in items:
             self.detector.add(event, now)
         return []

@@ -23,7 +23,7 @@ import logging
 from datetime import datetime
 
 from detectors.geo import GeoAnomalyDetector, GeoPoint
-from gatewatch.events import Detection, RequestEvent
+from gatewatch.events import Detection, ObservedRequest
 from gatewatch.geoip import GeoDataError, GeoIp
 from streams import counters
 from streams.app import settings
@@ -39,7 +39,7 @@ class LocatedGeoDetector:
     def __init__(self, detector: GeoAnomalyDetector, db: GeoIp | None) -> None:
         self.detector, self.db = detector, db
 
-    def process(self, event: RequestEvent, now: datetime) -> list[Detection]:
+    def process(self, event: ObservedRequest, now: datetime) -> list[Detection]:
         """Detections for ``event``; none without a principal, a location or geo data."""
         if self.db is None or not event.principal or event.answered_by != "upstream":
             return []

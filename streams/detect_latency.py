@@ -37,14 +37,15 @@ REPLAY_S = _cfg.window_s * (_cfg.baseline_windows + _cfg.bad_windows + 1) + _cfg
 
 class LatencyStage:
     """The detector of one by-route partition as a stage: samples
-    ``(series, ts, latency_ms, event_id)`` are added, windows judged on the watermark."""
+    ``(series, epoch_s, latency_ms, event_id)`` are added, windows judged on the watermark."""
 
     def __init__(self) -> None:
         self.detector = LatencyRegressionDetector.from_settings(_cfg)
 
-    def process(self, items: list[tuple[str, datetime, float, str]], now: datetime) -> list[Detection]:
-        for series, ts, latency_ms, event_id in items:
-            self.detector.add(series, ts, latency_ms, event_id)
+    def process(self, items: list[tuple[str, float, float, str]], now: datetime) -> list[Detection]:
+        add = self.detector.add_at
+        for series, epoch_s, latency_ms, event_id in items:
+            add(series, epoch_s, latency_ms, event_id)
         return []
 
     def advance(self, watermark: datetime) -> list[Detection]:

@@ -35,7 +35,7 @@ from gatewatch.events import Detection, RequestEvent
 from streams import counters
 from streams.app import app, settings
 from streams.decide import detect_each, publish
-from streams.rekey import Rekeyed, pack_event_progress, pack_events, pack_samples, sort_event
+from streams.rekey import Rekeyed, pack_event_progress, pack_events, pack_rows, pack_samples, sort_event
 from streams.topics import by_principal_topic, by_route_topic, logins_topic
 
 #: Seconds (processing time) between progress messages to every re-keyed partition.
@@ -130,8 +130,8 @@ async def _flush() -> None:
         _pending = _Pending()
         for message in pack_events(rekeyed.logins, sent, origins=rekeyed.login_origins):
             await logins_topic.send(value=message, partition=0)
-        for partition, raws in rekeyed.by_principal.items():
-            for message in pack_events(raws, sent, origins=rekeyed.principal_origins.get(partition)):
+        for partition, rows in rekeyed.by_principal.items():
+            for message in pack_rows(rows, sent, origins=rekeyed.principal_origins.get(partition)):
                 await by_principal_topic.send(value=message, partition=partition)
         for partition, by_series in rekeyed.by_route.items():
             for message in pack_samples(by_series, sent):
@@ -139,8 +139,8 @@ async def _flush() -> None:
         now = time.monotonic()
         if sent and now - _last_broadcast_s >= PROGRESS_EVERY_S:
             _last_broadcast_s = now
-            events_only, samples_only = pack_event_progress(sent), next(pack_samples({}, sent))
-            for topic, message in ((logins_topic, events_only), (by_principal_topic, events_only),
-                                   (by_route_topic, samples_only)):
+            for topic, message in ((logins_topic, pack_event_progress(sent)),
+                                   (by_principal_topic, next(pack_rows([], sent))),
+                                   (by_route_topic, next(pack_samples({}, sent)))):
                 for partition in range(PARTITIONS[topic.get_topic_name()]):
                     await topic.send(value=message, partition=partition)

@@ -56,8 +56,8 @@ MAX_MESSAGES = 20
 
 
 class RekeyedConsumer(CheckpointedConsumer):
-    """Reads re-keyed ``topic`` (messages unpacked by ``unpack``: :func:`streams.rekey.unpack_events`
-    or :func:`streams.rekey.unpack_samples`) and runs the detectors that ``stages`` builds for
+    """Reads re-keyed ``topic`` (messages unpacked by ``unpack``: :func:`streams.rekey.unpack_principal`,
+    :func:`streams.rekey.unpack_events` or :func:`streams.rekey.unpack_samples`) and runs the detectors that ``stages`` builds for
     each partition; replays ``replay_s`` seconds of event time on assignment. Malformed
     messages are counted as ``malformed_<kind>`` and skipped."""
 

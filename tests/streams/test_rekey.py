@@ -9,9 +9,9 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
-from gatewatch.events import MalformedRecord, RequestEvent
-from streams.rekey import (Rekeyed, pack_event_progress, pack_events, pack_samples, partition_for, sort_event,
-                           unpack_events, unpack_samples)
+from gatewatch.events import MalformedRecord, PrincipalRequest, RequestEvent
+from streams.rekey import (Rekeyed, SeriesSamples, pack_event_progress, pack_events, pack_rows, pack_samples,
+                           partition_for, principal_row, sort_event, unpack_events, unpack_principal, unpack_samples)
 from streams.resends import ResendFilter
 
 T0 = datetime(2025, 3, 1, 12, tzinfo=timezone.utc)
@@ -41,16 +41,16 @@ def test_events_go_where_their_detectors_need_them() -> None:
     login = _event(3, path="/login", route="/login", method="POST", login="failure", username_hash="u")
     gateway = _event(4, answered_by="decision", status=403, latency_ms=0.0)
     out = _sorted(_event(1), anon, login, gateway)
-    expected: dict[int, list[bytes]] = {}
+    expected: dict[int, list[list]] = {}
     # object routes of everyone (BOLA), and every request of a principal (geo), login included
     for key, event in ((b"principal:key-1", _event(1)), (b"ip:198.51.100.7", anon), (b"principal:key-1", login)):
-        expected.setdefault(partition_for(key, 4), []).append(event.to_json())
+        expected.setdefault(partition_for(key, 4), []).append(principal_row(event))
     assert out.by_principal == expected
     assert out.logins == [login.to_json()]
     orders, logins = partition_for(b"GET /orders/{id}", 4), partition_for(b"POST /login", 4)
-    assert out.by_route[orders]["GET /orders/{id}"] == [[_event(1).ts.timestamp(), 12.5, "e1"],
-                                                         [anon.ts.timestamp(), 12.5, "e2"]]
-    assert out.by_route[logins]["POST /login"] == [[login.ts.timestamp(), 12.5, "e3"]]
+    assert out.by_route[orders]["GET /orders/{id}"] == SeriesSamples([_event(1).ts.timestamp(), anon.ts.timestamp()],
+                                                                      [12.5, 12.5], ["e1", "e2"])
+    assert out.by_route[logins]["POST /login"] == SeriesSamples([login.ts.timestamp()], [12.5], ["e3"])
     # gateway answers reach no detector; NaN latencies are not samples
     assert not _sorted(gateway).by_route and not _sorted(_event(5, latency_ms=float("nan"))).by_route
 
@@ -59,9 +59,41 @@ def test_many_principals_make_one_message_per_partition() -> None:
     events = [_event(i, principal=f"key-{i}") for i in range(400)]
     out = _sorted(*events, partitions=4)
     assert len(out.by_principal) == 4 and sum(len(v) for v in out.by_principal.values()) == 400
-    for partition, raws in out.by_principal.items():
-        for event in unpack_events(next(pack_events(raws, {}))).items:
+    for partition, rows in out.by_principal.items():
+        for event in unpack_principal(next(pack_rows(rows, {}))).items:
             assert partition_for(f"principal:{event.principal}".encode(), 4) == partition
+
+
+def test_principal_rows_round_trip_to_the_projection_under_the_size_limit() -> None:
+    events = [_event(i, ts=T0 + timedelta(seconds=i, microseconds=123_457), country="FR" if i % 2 else None,
+                     asn=3215 if i % 3 else None) for i in range(50)]
+    rows = [principal_row(e) for e in events]
+    origins = [p for i in range(50) for p in (1, 200 + i)]
+    progress = {1: events[-1].ts.timestamp()}
+    by_count = list(pack_rows(rows, progress, origins, per_message=20))
+    by_bytes = list(pack_rows(rows, progress, origins, max_bytes=2000))
+    assert len(by_count) == 3 and len(by_bytes) > 3 and all(len(m) <= 2000 for m in by_bytes)
+    for messages in (by_count, by_bytes):
+        batches = [unpack_principal(m) for m in messages]
+        items = [r for b in batches for r in b.items]
+        # the projection carries exactly the event's values, microseconds included
+        assert items == [PrincipalRequest.of(e) for e in events]
+        assert all(r.ts.tzinfo is timezone.utc for r in items)
+        assert [o for b in batches for o in b.origins or []] == [(1, 200 + i) for i in range(50)]
+        assert [t for b in batches for t in b.times] == [e.ts.timestamp() for e in events]
+        assert all(b.progress == progress and b.malformed == 0 for b in batches)
+    assert len(list(pack_rows([["x" * 5000] + rows[0][1:]], {}, max_bytes=100))) == 1  # too big: sent alone
+    [only] = pack_rows([], progress)
+    assert (unpack_principal(only).items, unpack_principal(only).progress) == ([], progress)
+    with pytest.raises(ValueError):
+        list(pack_rows(rows[:1], {}, origins=[1]))
+
+
+def test_the_older_events_shape_is_still_read_by_principal() -> None:
+    # A worker not yet upgraded sends whole events; its messages are read as before.
+    events = [_event(i) for i in range(3)]
+    batch = unpack_principal(next(pack_events([e.to_json() for e in events], {0: 1.0}, origins=[0, 1, 0, 2, 0, 3])))
+    assert batch.items == events and batch.origins == [(0, 1), (0, 2), (0, 3)] and batch.progress == {0: 1.0}
 
 
 def test_packed_events_round_trip_under_the_size_limit() -> None:
@@ -85,10 +117,10 @@ def test_origins_travel_with_events_and_samples() -> None:
     for offset, event in enumerate(events):
         sort_event(out, event, event.to_json(), (2, 100 + offset))
     seen = []
-    for partition, raws in out.by_principal.items():
-        for message in pack_events(raws, {}, max_bytes=1500, origins=out.principal_origins[partition]):
+    for partition, rows in out.by_principal.items():
+        for message in pack_rows(rows, {}, max_bytes=1500, origins=out.principal_origins[partition]):
             assert len(message) <= 1500
-            batch = unpack_events(message)
+            batch = unpack_principal(message)
             assert batch.times == [e.ts.timestamp() for e in batch.items]
             seen += [(origin, e.event_id) for origin, e in zip(batch.origins or [], batch.items)]
     assert sorted(seen) == [((2, 100 + i), f"e{i}") for i in range(60)]
@@ -121,8 +153,11 @@ def test_resent_events_are_dropped_by_origin_and_a_new_log_is_not() -> None:
 
 
 def test_packed_samples_round_trip() -> None:
-    a = [[T0.timestamp() + i, float(i), f"a{i}"] for i in range(7)]
-    b = [[T0.timestamp() + i, float(i), f"b{i}"] for i in range(3)]
+    a, b = SeriesSamples(), SeriesSamples()
+    for i in range(7):
+        a.add(T0.timestamp() + i + 0.123456, float(i), f"a{i}")
+    for i in range(3):
+        b.add(T0.timestamp() + i, i + 0.25, f"b{i}")
     progress = {0: T0.timestamp() + 9, 3: T0.timestamp()}
     messages = list(pack_samples({"GET /a": a, "GET /b": b}, progress, per_message=4))
     assert len(messages) == 3
@@ -130,8 +165,13 @@ def test_packed_samples_round_trip() -> None:
     assert all(u.progress == progress for u in unpacked)
     assert all(len(u.items) <= 4 and u.origins is None for u in unpacked)
     assert [s for u in unpacked for s in u.items] == \
-        [("GET /a", T0 + timedelta(seconds=i), float(i), f"a{i}") for i in range(7)] + \
-        [("GET /b", T0 + timedelta(seconds=i), float(i), f"b{i}") for i in range(3)]
+        [("GET /a", T0.timestamp() + i + 0.123456, float(i), f"a{i}") for i in range(7)] + \
+        [("GET /b", T0.timestamp() + i, i + 0.25, f"b{i}") for i in range(3)]
+    assert [t for u in unpacked for t in u.times] == [s[1] for u in unpacked for s in u.items]
+    # The older row shape is still read.
+    rows = unpack_samples(b'{"progress": {"1": 5.5}, "samples": {"GET /a": [[1.5, 2, "e1", 1, 9], [2.5, 3.5, "e2", 1, 10]]}}')
+    assert rows.items == [("GET /a", 1.5, 2.0, "e1"), ("GET /a", 2.5, 3.5, "e2")]
+    assert rows.origins == [(1, 9), (1, 10)] and rows.progress == {1: 5.5} and rows.times == [1.5, 2.5]
     [only] = pack_samples({}, progress)
     assert unpack_samples(only).items == [] and unpack_samples(only).progress == progress
 
@@ -144,8 +184,27 @@ def test_malformed_items_are_counted_and_messages_refused() -> None:
                 b'{"events": [], "src": [1]}', b'{"events": [7], "src": [1, "2"]}'):
         with pytest.raises(MalformedRecord):
             unpack_events(raw)
+    row = principal_row(_event(1))
+    bad_rows = [row[:-1], row + [1], [None] + row[1:], row[:1] + ["t"] + row[2:], row[:1] + [float("inf")] + row[2:],
+                row[:1] + [1e20] + row[2:], row[:7] + ["200"] + row[8:], row[:7] + [True] + row[8:],
+                row[:9] + [7] + row[10:], row[:10] + ["AS1"], 7, {"event_id": "e"}]
+    message = pack_rows([row] + bad_rows + [row], {}, origins=[p for i in range(len(bad_rows) + 2) for p in (0, i)])
+    batch = unpack_principal(next(message))
+    assert [r.event_id for r in batch.items] == ["e1", "e1"] and batch.malformed == len(bad_rows)
+    assert batch.origins == [(0, 0), (0, len(bad_rows) + 1)]
+    for raw in (b"not json", b'{"a": 1}', b"\xff", b"[]", b'{"rows": {}}', b'{"rows": [], "progress": 3}',
+                b'{"rows": [], "src": [1]}'):
+        with pytest.raises(MalformedRecord):
+            unpack_principal(raw)
     for raw in (b"[]", b'{"samples": []}', b'{"samples": {"x": [[1, 2]]}}', b'{"samples": {"x": [["t", 1, "e"]]}}',
-                b'{"samples": {}, "progress": []}', b'{"samples": {"x": [[1, 2, "e", 3]]}}'):
+                b'{"samples": {}, "progress": []}', b'{"samples": {"x": [[1, 2, "e", 3]]}}',
+                b'{"columns": []}', b'{"columns": {"x": {"t": [1], "ms": [2]}}}',
+                b'{"columns": {"x": {"t": [1, 2], "ms": [2], "id": ["e"]}}}',
+                b'{"columns": {"x": {"t": ["1"], "ms": [2], "id": ["e"]}}}',
+                b'{"columns": {"x": {"t": [1], "ms": [NaN], "id": ["e"]}}}',
+                b'{"columns": {"x": {"t": [1], "ms": [2], "id": [3]}}}',
+                b'{"columns": {"x": {"t": [1], "ms": [2], "id": ["e"], "src": [1]}}}',
+                b'{"columns": {"x": {"t": [1], "ms": [2], "id": ["e"], "src": [1, "2"]}}}'):
         with pytest.raises(MalformedRecord):
             unpack_samples(raw)
 
