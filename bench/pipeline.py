@@ -362,8 +362,24 @@ def bare_consume(settings: GatewatchSettings, n: int, parse: bool, timeout_s: fl
 
 # --------------------------------------------------------------------------- /proc
 
-def rss_mb(pid: int) -> float:
-    """VmRSS of ``pid`` in MB (0 if gone)."""
+def descendants(pid: int) -> list[int]:
+    """PIDs of the processes ``pid`` started, and theirs (the worker's store process)."""
+    out: list[int] = []
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return out
+    for task in tasks:
+        try:
+            children = [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, ValueError):
+            continue
+        for child in children:
+            out += [child] + descendants(child)
+    return out
+
+
+def _own_rss_mb(pid: int) -> float:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
@@ -373,24 +389,35 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def rss_mb(pid: int) -> float:
+    """VmRSS of ``pid`` and of the processes it started (the worker's store process), in
+    MB (0 if gone)."""
+    return sum(_own_rss_mb(p) for p in [pid] + descendants(pid))
+
+
 def _stat_cpu(text: str) -> tuple[str, float]:
     comm = text[text.index("(") + 1:text.rindex(")")]
     fields = text[text.rindex(")") + 2:].split()
     return comm, (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
 
 
-def cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) used by ``pid`` so far."""
+def _own_cpu_s(pid: int) -> float:
     try:
         return _stat_cpu(Path(f"/proc/{pid}/stat").read_text())[1]
     except OSError:
         return 0.0
 
 
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used so far by ``pid`` and by the processes it started
+    and still runs (the worker's store process)."""
+    return sum(_own_cpu_s(p) for p in [pid] + descendants(pid))
+
+
 def thread_cpu(pid: int) -> dict[str, float]:
     """CPU seconds per thread name of ``pid`` (threads of one name summed; the main thread,
-    which runs the event loop, on its own; ``python`` are the other Python threads, e.g.
-    the store's)."""
+    which runs the event loop, on its own; ``python`` are the other Python threads), and
+    of the processes it started as ``store process``."""
     out: Counter[str] = Counter()
     try:
         tasks = list(Path(f"/proc/{pid}/task").iterdir())
@@ -403,6 +430,8 @@ def thread_cpu(pid: int) -> dict[str, float]:
             continue
         # Python threads keep the process name ("python"): tell the event loop's thread apart.
         out["main (event loop)" if task.name == str(pid) else comm] += cpu
+    for child in descendants(pid):
+        out["store process"] += _own_cpu_s(child)
     return dict(out)
 
 
@@ -675,8 +704,8 @@ AGENT_FRAME = re.compile(r"^(detect_\w+|sink_\w+|flush_rekeyed|_flush|health|que
 def _thread_of(frames: list[str]) -> str:
     if not frames[0].startswith("Thread._bootstrap"):
         return "main (event loop)"
-    if any("concurrent/futures/thread.py" in f for f in frames):
-        return "store thread (chDB)"
+    if any("concurrent/futures/process.py" in f or "multiprocessing/" in f for f in frames):
+        return "store process I/O (pickling, pipes)"
     if any("mode/threads.py" in f for f in frames):
         return "consumer thread (aiokafka)"
     return "other thread"

@@ -13,8 +13,9 @@ replay points). Each batch:
 1. every record is parsed once (malformed ones counted as
    ``malformed_requests`` and skipped; ``events_requests`` counts records);
 2. :func:`streams.detect_requests.handle` runs the per-IP detector and re-keys;
-3. the parsed events go to the :class:`streams.sink.RequestSink`, which stores
-   them on its own task: detection never waits for ClickHouse.
+3. the events' raw JSON goes to the :class:`streams.sink.RequestSink`, which
+   stores them on its own task through the store process (:mod:`streams.store`):
+   detection never waits for ClickHouse.
 
 **Offsets** are committed up to where the sink has stored (or spooled)
 everything, after the producer has delivered what was emitted for those
@@ -72,7 +73,7 @@ class RequestsConsumer(CheckpointedConsumer):
     async def _live(self, items: list[tuple[int, int, RequestEvent, bytes]], ends: dict[int, int]) -> None:
         if items:
             await detect_requests.handle(items)
-        await self.sink.put([e for _, _, e, _ in items], [r for _, _, _, r in items], ends)
+        await self.sink.put([r for _, _, _, r in items], ends)
 
     def _committable(self) -> dict[int, int]:
         return self.sink.committable

@@ -1,8 +1,9 @@
 """Storing requests, detections and decisions in ClickHouse, in batches, losing nothing.
 
 * **Requests** come from the request consumer (:mod:`streams.requests_consumer`),
-  already parsed once and handled by the detectors: it hands each batch to a
-  :class:`RequestSink`, which writes batches in order on the store's thread,
+  already parsed once and handled by the detectors: it hands each batch (the
+  events' raw JSON) to a :class:`RequestSink`, which writes batches in order
+  through the store process (:mod:`streams.store`),
   coalescing up to ``settings.sink_batch_size`` events or what arrives within
   ``settings.sink_batch_within_s`` seconds. The detectors never wait for the
   store. The consumer commits an offset only once the sink has written (or
@@ -35,7 +36,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from gatewatch.events import RequestEvent, parse_decision, parse_detection, parse_request_event
+from gatewatch.events import parse_decision, parse_detection
 from storage.writer import WriteResult
 from streams import counters
 from streams.app import app, settings, store
@@ -116,9 +117,11 @@ async def write_or_spool(kind: str, records: Sequence[T], raws: Sequence[bytes],
             delay = min(delay * 2, RETRY_MAX_S)
 
 
-async def _write_raw(kind: str, parser: Callable[[bytes], T],
-                     write: Callable[[Sequence[T]], Awaitable[WriteResult]], values: Sequence[bytes]) -> None:
-    records, _ = parse_pairs(parser, values, kind)
+async def _write_raw(kind: str, parser: Callable[[bytes], T] | None,
+                     write: Callable[[Sequence[Any]], Awaitable[WriteResult]], values: Sequence[bytes]) -> None:
+    """Write spooled ``values`` back: parsed with ``parser`` first, or as they are
+    (``None``: requests, which the store process parses)."""
+    records = list(values) if parser is None else parse_pairs(parser, values, kind)[0]
     if records:
         _count(kind, await write(records))
 
@@ -127,7 +130,7 @@ async def _write_raw(kind: str, parser: Callable[[bytes], T],
 async def drain_store_spool() -> None:
     """Write what the store spool holds back to ClickHouse (see :mod:`streams.store_spool`)."""
     await store_spool().drain({
-        "requests": lambda v: _write_raw("requests", parse_request_event, store.write_requests, v),
+        "requests": lambda v: _write_raw("requests", None, store.write_requests, v),
         "detections": lambda v: _write_raw("detections", parse_detection, store.write_detections, v),
         "decisions": lambda v: _write_raw("decisions", parse_decision, store.write_decisions, v),
     })
@@ -135,7 +138,6 @@ async def drain_store_spool() -> None:
 
 @dataclass
 class _Batch:
-    events: list[RequestEvent]
     raws: list[bytes]
     #: partition -> the offset after the last message of that partition in the batch.
     ends: dict[int, int]
@@ -152,7 +154,7 @@ class RequestSink:
     until everything queued is.
     """
 
-    def __init__(self, write: Callable[[Sequence[RequestEvent]], Awaitable[WriteResult]],
+    def __init__(self, write: Callable[[Sequence[bytes]], Awaitable[WriteResult]],
                  batch_events: int, within_s: float, max_pending: int) -> None:
         self._write = write
         self.batch_events = batch_events
@@ -170,13 +172,14 @@ class RequestSink:
         """Events queued or being written."""
         return self._pending
 
-    async def put(self, events: list[RequestEvent], raws: list[bytes], ends: dict[int, int]) -> None:
-        """Queue a batch (``raws`` aligned with ``events``); see the class docstring."""
+    async def put(self, raws: list[bytes], ends: dict[int, int]) -> None:
+        """Queue a batch of events (their raw JSON, each already parsed and valid); see the
+        class docstring."""
         while self._pending >= self.max_pending:
             self._changed.clear()
             await self._changed.wait()
-        self._queue.append(_Batch(events, raws, dict(ends)))
-        self._pending += len(events)
+        self._queue.append(_Batch(raws, dict(ends)))
+        self._pending += len(raws)
         self._wake.set()
 
     async def flush(self) -> None:
@@ -195,7 +198,7 @@ class RequestSink:
             if not self._queue:
                 self._wake.clear()
                 await self._wake.wait()
-            if sum(len(b.events) for b in self._queue) < self.batch_events:
+            if sum(len(b.raws) for b in self._queue) < self.batch_events:
                 try:
                     await asyncio.wait_for(self._full(), self.within_s)
                 except asyncio.TimeoutError:
@@ -203,18 +206,17 @@ class RequestSink:
             taken, self._queue = self._queue, []
             self._writing = True
             try:
-                events = [e for b in taken for e in b.events]
                 raws = [r for b in taken for r in b.raws]
-                await write_or_spool("requests", events, raws, self._write)
+                await write_or_spool("requests", raws, raws, self._write)
                 for batch in taken:
                     self.committable.update(batch.ends)
-                self._pending -= len(events)
+                self._pending -= len(raws)
             finally:
                 self._writing = False
                 self._changed.set()
 
     async def _full(self) -> None:
-        while sum(len(b.events) for b in self._queue) < self.batch_events:
+        while sum(len(b.raws) for b in self._queue) < self.batch_events:
             self._wake.clear()
             await self._wake.wait()
 

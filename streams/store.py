@@ -1,31 +1,40 @@
-"""The worker's store: one ClickHouse client (embedded chDB by default) used from
-ONE dedicated thread.
+"""The worker's store: one ClickHouse client (embedded chDB by default) in ONE child
+process, the store process (:mod:`storage.store_process`).
 
 chDB quirks (measured, DESIGN.md): opening takes 0.3–1.2 s and the first
-insert 160–400 ms; even from a thread pool a chDB call can stall the event
-loop for tens of ms, and one process owns a data directory. So every store
-call — migrations, batch inserts, read queries of the web API — runs on a
-single ``ThreadPoolExecutor(max_workers=1)``, in batches, and the store is
-opened, migrated and warmed with a first query at start-up, before traffic.
+insert 160–400 ms; a chDB call holds the GIL for its whole length, so from a
+thread of the worker it stalled the event loop (tens of ms a call, ~4 µs a
+stored row); one process owns a data directory. So every store call —
+migrations, batch inserts, read queries of the web API — runs in one child
+process (``ProcessPoolExecutor(max_workers=1)``, started with ``spawn``: the
+worker has threads, which ``fork`` would copy half-way), in order, in
+batches, and the store is opened, migrated and warmed with a first query at
+start-up, before traffic. Request events travel to it as their raw JSON.
+
+If the store process dies (killed, out of memory), the call in flight and
+those queued fail (the sink spools their batches, :mod:`streams.sink`), the
+failure is counted (``store_process_restarts``) and the next call starts a new
+store process, which opens the engine again. The store process ends itself
+when the worker is gone (:func:`storage.store_process.watch_parent`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
+import os
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
-from clickhouse_connect.driver.client import Client
-
-from gatewatch.events import Decision, Detection, RequestEvent
+from gatewatch.events import Decision, Detection
 from gatewatch.settings import GatewatchSettings
-from storage.client import describe, get_client
-from storage.migrations import migrate
-from storage.queries import run_query
-from storage.retention import apply_retention
-from storage.writer import WriteResult, write_decisions, write_detections, write_requests
+from storage import store_process
+from storage.client import describe
+from storage.writer import WriteResult
+from streams import counters
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -35,8 +44,12 @@ class StoreNotReady(RuntimeError):
     """The store is not open (start-up not finished, or shut down)."""
 
 
+class StoreProcessLost(RuntimeError):
+    """The store process died during a call; the next call starts a new one."""
+
+
 class Store:
-    """Async facade over the store; every call runs on one dedicated thread.
+    """Async facade over the store; every call runs in the store process, in order.
 
     :meth:`open` raises :class:`storage.client.StorageError` if the engine cannot
     be opened (e.g. another process holds the chDB directory).
@@ -44,68 +57,101 @@ class Store:
 
     def __init__(self, settings: GatewatchSettings) -> None:
         self.settings = settings
-        self._executor: ThreadPoolExecutor | None = None
-        self._client: Client | None = None
+        self._executor: ProcessPoolExecutor | None = None
+        self._open = False
+        self._wanted = False      # open() succeeded once and close() was not called
+        self._opening = asyncio.Lock()
         self.applied_migrations: list[str] = []
 
     @property
     def ready(self) -> bool:
         """True once the store is open, migrated and warmed."""
-        return self._client is not None
+        return self._open
 
     def describe(self) -> dict[str, Any]:
-        """Engine and location (no secrets)."""
-        return describe(self.settings)
+        """Engine and location (no secrets), and the store process's PID (``pid``, None
+        when there is none)."""
+        return describe(self.settings) | {"pid": self.pid}
 
-    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        if self._executor is None:
-            raise StoreNotReady("store is not open")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
-
-    def _client_or_raise(self) -> Client:
-        if self._client is None:
-            raise StoreNotReady("store is not open")
-        return self._client
+    @property
+    def pid(self) -> int | None:
+        """PID of the store process, None when there is none."""
+        processes = getattr(self._executor, "_processes", None) or {}
+        return next(iter(processes), None)
 
     async def open(self) -> None:
-        """Open the engine, apply migrations and the retention settings
-        (:mod:`storage.retention`), warm it with a first query. Idempotent."""
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gatewatch-store")
-        if self._client is None:
-            self._client, self.applied_migrations = await self._call(self._open_sync)
-            log.info("store open (%s); migrations applied now: %s",
-                     self.describe(), self.applied_migrations or "none")
+        """Start the store process, open the engine in it, apply migrations and the
+        retention settings (:mod:`storage.retention`), warm it with a first query.
+        Idempotent."""
+        await self._ensure_open()
+        self._wanted = True
 
-    def _open_sync(self) -> tuple[Client, list[str]]:
-        client = get_client(self.settings)
-        applied = migrate(client)
-        for change in apply_retention(client, self.settings):
-            log.info("retention: %s", change)
-        run_query(client, "table_counts")  # warm-up: first query pays the engine's start costs
-        return client, applied
+    async def _ensure_open(self) -> None:
+        async with self._opening:
+            if self._open:
+                return
+            if self._executor is None:
+                self._executor = ProcessPoolExecutor(
+                    max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                    initializer=store_process.watch_parent, initargs=(os.getpid(),))
+            applied, changes = await self._run(store_process.open_engine, self.settings)
+            self._open = True
+            self.applied_migrations += applied
+            for change in changes:
+                log.info("retention: %s", change)
+            log.info("store open in process %s (%s); migrations applied now: %s",
+                     self.pid, self.describe(), applied or "none")
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        assert self._executor is not None
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        except BrokenProcessPool as exc:
+            self._lost()
+            raise StoreProcessLost(f"the store process died ({exc}); the next call starts a new one") from exc
+
+    def _lost(self) -> None:
+        counters.incr("store_process_restarts")
+        log.error("the store process died; a new one starts with the next store call")
+        executor, self._executor, self._open = self._executor, None, False
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        if not self._open:
+            if not self._wanted:
+                raise StoreNotReady("store is not open")
+            await self._ensure_open()   # the store process died: start a new one
+        return await self._run(fn, *args)
 
     async def close(self) -> None:
-        """Close the client and stop the store thread. Idempotent."""
-        client, self._client = self._client, None
-        if client is not None and self._executor is not None:
-            await self._call(client.close)
+        """Close the engine and stop the store process. Idempotent."""
+        self._wanted = False
+        if self._executor is None:
+            return
+        if self._open:
+            self._open = False
+            try:
+                await self._run(store_process.close_engine)
+            except StoreProcessLost:
+                pass
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
 
-    async def write_requests(self, events: Sequence[RequestEvent]) -> WriteResult:
-        """Insert a batch of request events (see :func:`storage.writer.write_requests`)."""
-        return await self._call(lambda: write_requests(self._client_or_raise(), events))
+    async def write_requests(self, raws: Sequence[bytes]) -> WriteResult:
+        """Insert a batch of request events given as their JSON (see
+        :func:`storage.store_process.insert_requests`)."""
+        return await self._call(store_process.insert_requests, list(raws))
 
     async def write_detections(self, detections: Sequence[Detection]) -> WriteResult:
         """Insert a batch of detections."""
-        return await self._call(lambda: write_detections(self._client_or_raise(), detections))
+        return await self._call(store_process.insert_detections, list(detections))
 
     async def write_decisions(self, decisions: Sequence[Decision]) -> WriteResult:
         """Insert a batch of decisions."""
-        return await self._call(lambda: write_decisions(self._client_or_raise(), decisions))
+        return await self._call(store_process.insert_decisions, list(decisions))
 
     async def query(self, name: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """Run a named query (see :func:`storage.queries.run_query`) on the store thread."""
-        return await self._call(lambda: run_query(self._client_or_raise(), name, params))
+        """Run a named query (see :func:`storage.queries.run_query`) in the store process."""
+        return await self._call(store_process.query, name, dict(params) if params is not None else None)

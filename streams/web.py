@@ -10,7 +10,7 @@ other processes (CLI, demo, tests) read through here.
   detections and decisions partitions) and every consumer of
   :mod:`streams.consumers` has joined its group. ``*committed``: the sum of a consumer's committed offsets (messages).
 * ``GET /gatewatch/query/{name}/?param=value`` → ``{"columns": [...], "rows": [[...]]}``
-  from :func:`storage.queries.run_query`, run on the store's thread;
+  from :func:`storage.queries.run_query`, run in the store process;
   unknown name → 404, bad parameters → 400, store not open → 503, all JSON
   ``{"error": ..., ...}``.
 """
