@@ -56,10 +56,11 @@ MAX_MESSAGES = 20
 
 
 class RekeyedConsumer(CheckpointedConsumer):
-    """Reads re-keyed ``topic`` (messages unpacked by ``unpack``: :func:`streams.rekey.unpack_principal`,
-    :func:`streams.rekey.unpack_events` or :func:`streams.rekey.unpack_samples`) and runs the detectors that ``stages`` builds for
-    each partition; replays ``replay_s`` seconds of event time on assignment. Malformed
-    messages are counted as ``malformed_<kind>`` and skipped."""
+    """Reads re-keyed ``topic`` (messages unpacked by ``unpack``:
+    :func:`streams.rekey.unpack_principal`, :func:`streams.rekey.unpack_events` or
+    :func:`streams.rekey.unpack_samples`) and runs the detectors that ``stages`` builds
+    for each partition; replays ``replay_s`` seconds of event time on assignment.
+    Malformed messages are counted as ``malformed_<kind>`` and skipped."""
 
     def __init__(self, kind: str, topic: str, unpack: Callable[[bytes], Batch],
                  stages: Callable[[], list[Stage]], replay_s: float) -> None:
