@@ -53,7 +53,6 @@ Pure functions, no Faust: unit-tested on their own.
 from __future__ import annotations
 
 import functools
-import json
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -61,6 +60,7 @@ from datetime import datetime, timezone
 from itertools import repeat
 from typing import Any
 
+import orjson
 from aiokafka.partitioner import murmur2
 from pydantic import TypeAdapter, ValidationError
 from typing_extensions import NotRequired, TypedDict
@@ -269,7 +269,9 @@ def pack_samples(by_series: dict[str, SeriesSamples], progress: dict[int, float]
 
 
 def _json(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":")).encode()
+    # orjson: ~0.1 µs a by-principal row against ~1.5 with json.dumps (bench/pipeline.py's
+    # traffic); integer keys (progress by partition) become strings, as with json.dumps.
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
 
 
 @dataclass(frozen=True)
@@ -324,7 +326,7 @@ def unpack_principal(value: bytes) -> Batch:
     :func:`unpack_events`). Malformed rows are counted in ``malformed`` and left out;
     raises :class:`MalformedRecord` if the message is neither shape."""
     try:
-        doc = json.loads(value)
+        doc = orjson.loads(value)
         if "rows" not in doc and "events" in doc:
             return unpack_events(value)
     except (ValueError, TypeError, UnicodeDecodeError) as exc:
@@ -352,7 +354,7 @@ def _principal_request(row: Any) -> tuple[PrincipalRequest, float] | None:
 
 def _unpack_events_each(value: bytes) -> Batch:
     try:
-        doc = json.loads(value)
+        doc = orjson.loads(value)
     except (ValueError, UnicodeDecodeError) as exc:
         raise MalformedRecord(f"malformed re-keyed event batch: {exc!r}") from None
     return _batch_of(doc, "events", _request_event)
@@ -413,7 +415,7 @@ def unpack_samples(value: bytes) -> Batch:
     times: list[float] = []
     origins: list[tuple[int, int]] = []
     try:
-        doc = json.loads(value)
+        doc = orjson.loads(value)
         progress = _progress(doc.get("progress", {}))
         if "columns" in doc:
             _unpack_columns(doc["columns"], samples, times, origins)
