@@ -74,7 +74,7 @@ from datetime import datetime, timedelta
 from operator import itemgetter
 from typing import Any
 
-from gatewatch.events import Detection, RequestEvent
+from gatewatch.events import Detection, ObservedRequest
 from gatewatch.settings import BolaSettings
 
 NAME = "bola"
@@ -282,7 +282,7 @@ class BolaDetector:
     def state_size(self) -> int:
         return len(self._principals) + len(self._quiet)
 
-    def process(self, event: RequestEvent, now: datetime) -> list[Detection]:
+    def process(self, event: ObservedRequest, now: datetime) -> list[Detection]:
         """Learn from one event; return the detection it completes (0 or 1).
 
         Windows and quiet periods are judged at the event's own ``ts``; ``now``
@@ -344,7 +344,7 @@ class BolaDetector:
                 if len(given) > self._known_ids_max:
                     given.popitem(last=False)
 
-    def _check(self, who: tuple[str, str], event: RequestEvent, window: _RouteWindow) -> list[Detection]:
+    def _check(self, who: tuple[str, str], event: ObservedRequest, window: _RouteWindow) -> list[Detection]:
         """The detection ``event`` completes in ``window``, which holds at least
         ``min_distinct_ids`` distinct and ``min_denied_ids`` denied ids (``process`` checks)."""
         cfg = self.cfg
@@ -362,7 +362,7 @@ class BolaDetector:
         self._quiet_first = next(iter(quiet.values()))
         return [self._detection(who, rule, event, window, share)]
 
-    def _detection(self, who: tuple[str, str], rule: str, trigger: RequestEvent,
+    def _detection(self, who: tuple[str, str], rule: str, trigger: ObservedRequest,
                    window: _RouteWindow, share: float) -> Detection:
         cfg = self.cfg
         denied_events = [event_id for _, _, denied, _, event_id in window.accesses

@@ -97,7 +97,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from gatewatch.events import Detection, RequestEvent
+from gatewatch.events import Detection, ObservedRequest
 from gatewatch.settings import DEFAULT_ANONYMIZER_ASNS
 
 DETECTOR = "geo"
@@ -166,7 +166,7 @@ class GeoAnomalyDetector:
                    allowed_countries={k: frozenset(v) for k, v in cfg.allowed_countries.items()},
                    state_ttl_s=cfg.state_ttl_s, anonymizer_asns=cfg.anonymizer_asns)
 
-    def process(self, event: RequestEvent, point: GeoPoint | None, now: datetime) -> list[Detection]:
+    def process(self, event: ObservedRequest, point: GeoPoint | None, now: datetime) -> list[Detection]:
         """Learn from ``event`` located at ``point`` and return the detections it raises.
 
         Events without a principal or a location change nothing. An event from one of
@@ -241,7 +241,7 @@ class GeoAnomalyDetector:
         seen.located_events += 1
         return out
 
-    def _detection(self, event: RequestEvent, now: datetime, scope: str, value: str, kind: str,
+    def _detection(self, event: ObservedRequest, now: datetime, scope: str, value: str, kind: str,
                    severity: str, summary: str, evidence: dict, samples: list[str] | None = None
                    ) -> Detection:
         return Detection(detection_id=f"{DETECTOR}:{kind}:{event.event_id}", ts=now, detector=DETECTOR,
