@@ -23,8 +23,9 @@ the replay point of each partition is published on ``topic_checkpoints``
 :data:`CHECKPOINT_REFRESH_S` when it did not: a re-keyed partition gets progress
 messages every second even without traffic, and Tansu does not compact the
 topic; an older checkpoint with the same replay point replays the same
-records); when a partition is assigned, the
-consumer seeks back to its replay point and feeds the records before the
+records); when a partition is assigned, its latest checkpoint is read from
+the end of the topic backwards (:func:`read_checkpoints`: the topic only
+grows), the consumer seeks back to its replay point and feeds the records before the
 committed offset to the detectors only (counted as ``warmed_<kind>``). The
 decision policy is seeded at start-up with the active decisions on the
 decisions topic (:func:`streams.decide.seed_policy`), so a threshold crossed
@@ -55,7 +56,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Coroutine, Iterable
+from collections.abc import Collection, Coroutine, Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -76,37 +77,98 @@ CHECKPOINT_EVERY_S = 10.0
 CHECKPOINT_REFRESH_S = 600.0
 #: Longest wait to read the checkpoint topic (s).
 READ_TIMEOUT_S = 30.0
+#: Checkpoint messages read per step when the topic is read from its end backwards.
+TAIL_STEP = 5000
+#: Seconds beyond CHECKPOINT_REFRESH_S a key is looked for (late commits, clock skew).
+REFRESH_MARGIN_S = 60.0
 
 #: Checkpoints as read from the topic: key (``group|topic|partition``) -> (committed, replay_from).
 Checkpoints = dict[bytes, tuple[int, int]]
 
 
-async def read_checkpoints() -> Checkpoints:
-    """The latest checkpoint of every key on ``settings.topic_checkpoints``, read to the
-    topic's end (Tansu quirk: to the high-watermark of fetched records, never "latest")."""
+async def read_checkpoints(wanted: Collection[bytes], replay_s: float) -> Checkpoints:
+    """The latest checkpoint of each key in ``wanted`` on ``settings.topic_checkpoints``.
+
+    The topic only grows (Tansu does not compact, DESIGN.md; up to one message per
+    partition every :data:`CHECKPOINT_EVERY_S`, ~180k a day for 20 busy partitions),
+    so it is read **from its end backwards**, :data:`TAIL_STEP` records at a time —
+    each step forwards, later messages winning — until every wanted key is found,
+    the topic's start is reached, or a step's messages are older than
+    :data:`CHECKPOINT_REFRESH_S` + ``replay_s`` (the reader's replay span, s) +
+    :data:`REFRESH_MARGIN_S` before the newest one: a partition that takes records is
+    checkpointed at least every :data:`CHECKPOINT_REFRESH_S`, and one that took none
+    for longer than its replay span has nothing to replay. The end is the
+    high-watermark returned with fetched records (Tansu quirk: never its "latest
+    offset")."""
+    wanted = set(wanted)
+    out: Checkpoints = {}
+    if not wanted:
+        return out
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False,
                                 fetch_max_wait_ms=settings.fetch_max_wait_ms)
-    out: Checkpoints = {}
     await consumer.start()
     try:
         tp = TopicPartition(settings.topic_checkpoints, 0)
         consumer.assign([tp])
-        await consumer.seek_to_beginning(tp)
         deadline = time.monotonic() + READ_TIMEOUT_S
-        while True:
-            for rec in (await consumer.getmany(tp, timeout_ms=200)).get(tp, []):
-                value = decode_checkpoint(rec.value)
-                if rec.key and value is not None:
-                    out[rec.key] = value
-            high = consumer.highwater(tp)
-            if high is not None and await consumer.position(tp) >= high:
+        end = await _high_watermark(consumer, tp, deadline)
+        newest_ms: int | None = None
+        while end > 0:
+            start = max(0, end - TAIL_STEP)
+            step = await _read_range(consumer, tp, start, end, deadline)
+            if step is None:
+                log.warning("checkpoint topic not read in %.0f s; starting without the rest", READ_TIMEOUT_S)
                 return out
-            if time.monotonic() > deadline:
-                log.warning("checkpoint topic not read to its end in %.0f s; starting without "
-                            "the rest", READ_TIMEOUT_S)
-                return out
+            found, oldest_ms, step_newest_ms = step
+            for key, value in found.items():
+                if key in wanted and key not in out:
+                    out[key] = value
+            if newest_ms is None:
+                newest_ms = step_newest_ms
+            horizon_ms = None if newest_ms is None else \
+                newest_ms - 1000 * (CHECKPOINT_REFRESH_S + replay_s + REFRESH_MARGIN_S)
+            if wanted <= out.keys() or (horizon_ms is not None and oldest_ms is not None and oldest_ms < horizon_ms):
+                break
+            end = start
+        return out
     finally:
         await consumer.stop()
+
+
+async def _high_watermark(consumer: AIOKafkaConsumer, tp: TopicPartition, deadline: float) -> int:
+    """The partition's end, from a fetch at its start (0 if it is empty)."""
+    await consumer.seek_to_beginning(tp)
+    while time.monotonic() < deadline:
+        await consumer.getmany(tp, timeout_ms=200, max_records=1)
+        high = consumer.highwater(tp)
+        if high is not None:
+            return high
+    return 0
+
+
+async def _read_range(consumer: AIOKafkaConsumer, tp: TopicPartition, start: int, end: int,
+                      deadline: float) -> tuple[Checkpoints, int | None, int | None] | None:
+    """The latest checkpoint per key among offsets ``[start, end)``, with the oldest and
+    newest message timestamps (ms) of the range; None past ``deadline``."""
+    consumer.seek(tp, start)
+    found: Checkpoints = {}
+    oldest_ms = newest_ms = None
+    position = start
+    while position < end:
+        if time.monotonic() > deadline:
+            return None
+        records = (await consumer.getmany(tp, timeout_ms=200)).get(tp, [])
+        for rec in records:
+            if rec.offset >= end:
+                break
+            oldest_ms = rec.timestamp if oldest_ms is None else min(oldest_ms, rec.timestamp)
+            newest_ms = rec.timestamp if newest_ms is None else max(newest_ms, rec.timestamp)
+            value = decode_checkpoint(rec.value)
+            if rec.key and value is not None:
+                found[rec.key] = value
+        if records:
+            position = max(position, records[-1].offset + 1)
+    return found, oldest_ms, newest_ms
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -467,7 +529,9 @@ class CheckpointedConsumer:
         mine = [tp for tp in assigned if tp.topic == self.topic]
         if any(tp.partition not in self._last_read for tp in mine):
             # Another worker may have owned them: its latest checkpoints are on the topic.
-            self._checkpoints.update(self._mine(await read_checkpoints()))
+            wanted = [checkpoint_key(self.group, self.topic, tp.partition) for tp in mine
+                      if tp.partition not in self._last_read]
+            self._checkpoints.update(self._mine(await read_checkpoints(wanted, self.points.span_s)))
         for tp in mine:
             await self._place(tp)
             self.assigned.add(tp.partition)
