@@ -63,6 +63,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import NoOffsetForPartitionError, OffsetOutOfRangeError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
+from gatewatch.settings import GatewatchSettings
 from streams import counters
 from streams.app import HEARTBEAT_INTERVAL_S, REBALANCE_TIMEOUT_S, SESSION_TIMEOUT_S, app, settings
 from streams.checkpoints import ReplayPoints, checkpoint_key, decode_checkpoint, encode_checkpoint
@@ -86,8 +87,9 @@ REFRESH_MARGIN_S = 60.0
 Checkpoints = dict[bytes, tuple[int, int]]
 
 
-async def read_checkpoints(wanted: Collection[bytes], replay_s: float) -> Checkpoints:
-    """The latest checkpoint of each key in ``wanted`` on ``settings.topic_checkpoints``.
+async def read_checkpoints(s: GatewatchSettings, wanted: Collection[bytes], replay_s: float) -> Checkpoints:
+    """The latest checkpoint of each key in ``wanted`` on ``s.topic_checkpoints`` (broker
+    ``s.bootstrap_servers``).
 
     The topic only grows (Tansu does not compact, DESIGN.md; up to one message per
     partition every :data:`CHECKPOINT_EVERY_S`, ~180k a day for 20 busy partitions),
@@ -104,11 +106,11 @@ async def read_checkpoints(wanted: Collection[bytes], replay_s: float) -> Checkp
     out: Checkpoints = {}
     if not wanted:
         return out
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False,
-                                fetch_max_wait_ms=settings.fetch_max_wait_ms)
+    consumer = AIOKafkaConsumer(bootstrap_servers=s.bootstrap_servers, enable_auto_commit=False,
+                                fetch_max_wait_ms=s.fetch_max_wait_ms)
     await consumer.start()
     try:
-        tp = TopicPartition(settings.topic_checkpoints, 0)
+        tp = TopicPartition(s.topic_checkpoints, 0)
         consumer.assign([tp])
         deadline = time.monotonic() + READ_TIMEOUT_S
         end = await _high_watermark(consumer, tp, deadline)
@@ -531,7 +533,7 @@ class CheckpointedConsumer:
             # Another worker may have owned them: its latest checkpoints are on the topic.
             wanted = [checkpoint_key(self.group, self.topic, tp.partition) for tp in mine
                       if tp.partition not in self._last_read]
-            self._checkpoints.update(self._mine(await read_checkpoints(wanted, self.points.span_s)))
+            self._checkpoints.update(self._mine(await read_checkpoints(settings, wanted, self.points.span_s)))
         for tp in mine:
             await self._place(tp)
             self.assigned.add(tp.partition)

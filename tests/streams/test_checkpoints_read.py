@@ -8,22 +8,14 @@ from __future__ import annotations
 import asyncio
 import time
 
-import pytest
 from kafka import KafkaProducer
 
 from gatewatch.settings import GatewatchSettings
-from streams import checkpointed_consumer
 from streams.checkpointed_consumer import (CHECKPOINT_REFRESH_S, REFRESH_MARGIN_S, TAIL_STEP,
                                            read_checkpoints)
 from streams.checkpoints import checkpoint_key, encode_checkpoint
 
 A, B, C, F = (checkpoint_key("g", "gatewatch.requests", p) for p in range(4))
-
-
-@pytest.fixture
-def topic_settings(settings: GatewatchSettings, monkeypatch: pytest.MonkeyPatch) -> GatewatchSettings:
-    monkeypatch.setattr(checkpointed_consumer, "settings", settings)  # the broker of this test
-    return settings
 
 
 def _produce(s: GatewatchSettings, messages: list[tuple[bytes, bytes, int]]) -> None:
@@ -34,22 +26,22 @@ def _produce(s: GatewatchSettings, messages: list[tuple[bytes, bytes, int]]) -> 
     producer.close()
 
 
-def test_the_latest_checkpoint_of_each_key_is_found_from_the_end(topic_settings: GatewatchSettings) -> None:
-    s = topic_settings
+def test_the_latest_checkpoint_of_each_key_is_found_from_the_end(settings: GatewatchSettings) -> None:
+    s = settings
     now = int(time.time() * 1000)
     # A once at the start, then two tail steps' worth of B, its latest value last.
     messages = [(A, encode_checkpoint(10, 5), now)]
     messages += [(B, encode_checkpoint(100 + i, 50 + i), now) for i in range(2 * TAIL_STEP)]
     messages += [(b"", b"not a checkpoint", now), (B, b"{broken", now)]
     _produce(s, messages)
-    got = asyncio.run(read_checkpoints([A, B, C], replay_s=65.0))
+    got = asyncio.run(read_checkpoints(s, [A, B, C], replay_s=65.0))
     assert got == {A: (10, 5), B: (100 + 2 * TAIL_STEP - 1, 50 + 2 * TAIL_STEP - 1)}   # C has none
-    assert asyncio.run(read_checkpoints([B], replay_s=65.0)) == {B: got[B]}
-    assert asyncio.run(read_checkpoints([], replay_s=65.0)) == {}
+    assert asyncio.run(read_checkpoints(s, [B], replay_s=65.0)) == {B: got[B]}
+    assert asyncio.run(read_checkpoints(s, [], replay_s=65.0)) == {}
 
 
-def test_keys_older_than_the_refresh_horizon_are_not_looked_for(topic_settings: GatewatchSettings) -> None:
-    s = topic_settings
+def test_keys_older_than_the_refresh_horizon_are_not_looked_for(settings: GatewatchSettings) -> None:
+    s = settings
     now = int(time.time() * 1000)
     replay_s = 65.0
     old = now - int(1000 * (CHECKPOINT_REFRESH_S + replay_s + REFRESH_MARGIN_S)) - 100_000
@@ -59,10 +51,10 @@ def test_keys_older_than_the_refresh_horizon_are_not_looked_for(topic_settings: 
     messages += [(F, encode_checkpoint(i, i), old) for i in range(TAIL_STEP)]
     messages += [(B, encode_checkpoint(1000 + i, 900), now) for i in range(TAIL_STEP)]
     _produce(s, messages)
-    assert asyncio.run(read_checkpoints([B, C], replay_s=replay_s)) == {B: (1000 + TAIL_STEP - 1, 900)}
+    assert asyncio.run(read_checkpoints(s, [B, C], replay_s=replay_s)) == {B: (1000 + TAIL_STEP - 1, 900)}
     # Within the horizon (a longer replay span) it is found.
-    assert asyncio.run(read_checkpoints([B, C], replay_s=replay_s + 1000.0))[C] == (7, 3)
+    assert asyncio.run(read_checkpoints(s, [B, C], replay_s=replay_s + 1000.0))[C] == (7, 3)
 
 
-def test_an_empty_topic_has_no_checkpoints(topic_settings: GatewatchSettings) -> None:
-    assert asyncio.run(read_checkpoints([A], replay_s=65.0)) == {}
+def test_an_empty_topic_has_no_checkpoints(settings: GatewatchSettings) -> None:
+    assert asyncio.run(read_checkpoints(settings, [A], replay_s=65.0)) == {}
