@@ -75,7 +75,8 @@ class Store:
 
     @property
     def pid(self) -> int | None:
-        """PID of the store process, None when there is none."""
+        """PID of the store process, None when there is none (read from the pool's
+        ``_processes``, the only place ``concurrent.futures`` keeps it)."""
         processes = getattr(self._executor, "_processes", None) or {}
         return next(iter(processes), None)
 
@@ -103,19 +104,23 @@ class Store:
                      self.pid, self.describe(), applied or "none")
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        assert self._executor is not None
+        executor = self._executor
+        assert executor is not None
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+            return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
         except BrokenProcessPool as exc:
-            self._lost()
+            self._lost(executor)
             raise StoreProcessLost(f"the store process died ({exc}); the next call starts a new one") from exc
 
-    def _lost(self) -> None:
+    def _lost(self, executor: ProcessPoolExecutor) -> None:
+        """Forget the pool of a dead store process — once, however many calls it failed, and
+        never a newer pool that a later call has started since."""
+        if executor is not self._executor:
+            return
         counters.incr("store_process_restarts")
         log.error("the store process died; a new one starts with the next store call")
-        executor, self._executor, self._open = self._executor, None, False
-        if executor is not None:
-            executor.shutdown(wait=False, cancel_futures=True)
+        self._executor, self._open = None, False
+        executor.shutdown(wait=False, cancel_futures=True)
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         if not self._open:

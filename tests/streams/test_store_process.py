@@ -10,6 +10,7 @@ its store process.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
@@ -21,6 +22,8 @@ import pytest
 from gatewatch.events import RequestEvent, new_id
 from gatewatch.netutil import free_port
 from gatewatch.settings import GatewatchSettings
+from streams import counters
+from streams.store import Store, StoreProcessLost
 from worker_harness import Worker, kill, running_worker, send_requests, wait_for
 
 
@@ -94,3 +97,26 @@ def test_the_store_process_ends_with_a_killed_worker(worker_settings: GatewatchS
     # The next worker opens the same chDB directory and reads what the first stored.
     with running_worker(s, tmp_path) as again:
         assert _distinct_requests(again) == 50
+
+
+def test_calls_failed_by_one_dead_process_start_one_new_process(settings: GatewatchSettings) -> None:
+    """In process: a Store on the real engine; its store process is killed while two calls
+    are due. Both fail, one restart is counted, and the next call works on a new process."""
+    async def scenario() -> None:
+        store = Store(settings)
+        await store.open()
+        try:
+            pid = store.pid
+            before = counters.snapshot().get("store_process_restarts", 0)
+            os.kill(pid, signal.SIGKILL)
+            wait_for(lambda: not _alive(pid), 5, "the store process gone")
+            results = await asyncio.gather(store.query("table_counts"), store.query("table_counts"),
+                                           return_exceptions=True)
+            assert all(isinstance(r, StoreProcessLost) for r in results), results
+            assert counters.snapshot().get("store_process_restarts", 0) - before == 1
+            rows = dict((await store.query("table_counts"))["rows"])
+            assert rows["requests"] == 0 and store.pid not in (None, pid) and store.ready
+        finally:
+            await store.close()
+        assert store.pid is None and not store.ready
+    asyncio.run(scenario())
