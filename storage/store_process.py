@@ -131,8 +131,3 @@ def insert_decisions(decisions: Sequence[Decision]) -> WriteResult:
 def query(name: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Run a named query (:func:`storage.queries.run_query`)."""
     return run_query(_client_or_raise(), name, params)
-
-
-def is_open() -> bool:
-    """Whether the engine is open in this process (a restarted store process is not)."""
-    return _client is not None

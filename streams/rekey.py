@@ -149,9 +149,10 @@ def principal_key(event: RequestEvent) -> bytes:
     return (f"principal:{event.principal}" if event.principal else f"ip:{event.client_ip}").encode()
 
 
-def principal_row(event: RequestEvent) -> list[Any]:
-    """The by-principal row of ``event`` (:data:`PRINCIPAL_COLUMNS`)."""
-    return [event.event_id, event.ts.timestamp(), event.client_ip, event.method, event.host, event.path,
+def principal_row(event: RequestEvent, epoch_s: float | None = None) -> list[Any]:
+    """The by-principal row of ``event`` (:data:`PRINCIPAL_COLUMNS`); ``epoch_s`` is its
+    ``ts`` as epoch seconds when the caller has it already."""
+    return [event.event_id, event.ts.timestamp() if epoch_s is None else epoch_s, event.client_ip, event.method, event.host, event.path,
             event.route, event.status, event.principal, event.country, event.asn]
 
 
@@ -161,13 +162,14 @@ def sort_event(out: Rekeyed, event: RequestEvent, raw: bytes, origin: tuple[int,
     ``out`` or for none."""
     if event.answered_by != "upstream":
         return
+    epoch_s = event.ts.timestamp()
     if event.login is not None:
         out.logins.append(raw)
         if origin is not None:
             out.login_origins += origin
     if "{" in event.route or event.principal:  # BOLA: object routes; geo: every principal request
         partition = partition_for(principal_key(event), out.principal_partitions)
-        out.by_principal.setdefault(partition, []).append(principal_row(event))
+        out.by_principal.setdefault(partition, []).append(principal_row(event, epoch_s))
         if origin is not None:
             out.principal_origins.setdefault(partition, []).extend(origin)
     latency = event.latency_ms
@@ -182,7 +184,7 @@ def sort_event(out: Rekeyed, event: RequestEvent, raw: bytes, origin: tuple[int,
         samples = by_series.get(series)
         if samples is None:
             samples = by_series[series] = SeriesSamples()
-        samples.add(event.ts.timestamp(), latency, event.event_id, origin)
+        samples.add(epoch_s, latency, event.event_id, origin)
 
 
 def pack_events(raws: list[bytes], progress: dict[int, float], max_bytes: int = MAX_MESSAGE_BYTES,
