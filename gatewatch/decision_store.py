@@ -290,14 +290,16 @@ class DecisionStore:
 
     def match(self, now: float, **request: object) -> Active | None:
         """The decision to enforce on a request (arguments of :meth:`candidates`): the
-        first ``ban``, else the first ``throttle``, else None (``challenge`` is not enforced)."""
-        throttle = None
+        first ``ban``, else the first ``challenge``, else the first ``throttle``, else None."""
+        challenge = throttle = None
         for active in self.candidates(now, **request):  # type: ignore[arg-type]
             if active.action == "ban":
                 return active
-            if active.action == "throttle" and throttle is None:
+            if active.action == "challenge" and challenge is None:
+                challenge = active
+            elif active.action == "throttle" and throttle is None:
                 throttle = active
-        return throttle
+        return challenge or throttle
 
     def match_request(self, client_ip: str, principal: str, now: float) -> Active | None:
         """The first active ``ban`` by ``ip``, ``prefix`` or ``principal`` (kept for callers

@@ -431,6 +431,15 @@ class GatewatchSettings(BaseSettings):
     # Username throttles per account (all unrecognized sources) instead of per address; None = off
     # (see inline/enforcement.py for the measured trade-off). E.g. "0.0333:3" (NIST SP 800-63B 5.2.2).
     username_throttle_rate_limit: RateLimit | None = None
+    # Challenge decisions (inline/challenge.py): ALTCHA v2 proof-of-work puzzles.
+    challenge_hmac_key: str = Field(
+        "gatewatch-dev-challenge-key", min_length=1, repr=False,
+        description="Secret that signs the gateway's challenges (HMAC). Change it in production.")
+    challenge_cost: int = Field(
+        500, ge=1, le=1_000_000,
+        description="Iterated-SHA-256 rounds per counter a client tries (~256 x cost hashes to solve; "
+                    "the gateway spends one derivation, ~0.5 ms at 500, to verify).")
+    challenge_ttl_s: int = Field(300, ge=1, description="Seconds a challenge stays solvable.")
     decisions_fail_open: bool = True
     geo_lookup: str = Field("", description="'module:function' mapping a client IP to (asn, country) or None.")
     # Event spool: where events wait on disk while the broker is away.

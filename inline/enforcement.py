@@ -42,7 +42,10 @@ request costs the same whatever the number of active decisions.
 Actions: ``ban`` → 403 with ``Retry-After`` until expiry; ``throttle`` → a
 tighter GCRA limit (``gatewatch_throttle_rate_limit``) per matching client
 address and decision, 429 beyond it, so the other users of an ASN or prefix
-keep their own budgets; ``challenge`` is stored, not enforced.
+keep their own budgets; ``challenge`` → 403 with ``Gatewatch-Mitigated:
+challenge`` and a proof-of-work challenge, unless the request carries a solved one
+(:mod:`inline.challenge`: each solution lets one request through). A ``username``
+challenge spares the account's recognized sources, as a throttle does.
 
 A ``username`` throttle can instead count the login attempts on the account from
 every unrecognized source together (``gatewatch_username_throttle_rate_limit``,
@@ -55,11 +58,11 @@ as the device) keeps its per-address budget. The cost, measured with
 ``bench/quality.py`` (seed 1): the attack's answered attempts after the threshold
 fell from 598 to 413 of 600, and people logging in to an attacked account for the
 first time from a new address (an office NAT) got 7 answers 429 — the attackers
-drain the account's budget. That is why it is off by default; a challenge
-(CAPTCHA) would separate them, and is not enforced here. The buckets live in each
+drain the account's budget. That is why it is off by default; a ``challenge``
+separates them (people solve it, attack tools do not). The buckets live in each
 gateway process: N gateways allow N times the limit.
 
-When several decisions match, a ban wins over a throttle. Allow-listed
+When several decisions match, a ban wins over a challenge, a challenge over a throttle. Allow-listed
 clients (:mod:`inline.lists`) are never blocked or throttled.
 
 Allow entries (``gatewatch allowlist``): messages keyed ``allow:scope:value``
@@ -105,6 +108,7 @@ from gatewatch.events import ALLOW_KEY_PREFIX, MalformedRecord
 from gatewatch.settings import load_settings
 from gatewatch.signing import DecisionVerifier, Headers
 from inline import brokers, flowtags
+from inline.challenge import MITIGATED_HEADER, SOLUTION_HEADER, ChallengeGate, ChallengeSpec
 from inline.flowstate import FlowFacts, answered, get_facts, json_answer
 from inline.ratelimit import GcraLimiter, format_rate_limit, parse_rate_limit, retry_after_header
 from inline.recognized_sources import RecognizedSources
@@ -160,7 +164,8 @@ class EnforcementStats:
     """Counters for metrics: messages applied, deletions, malformed messages
     skipped, messages ignored for lack of a valid signature (``unsigned``: none;
     ``bad_signature``: one that does not verify), broker (re)connection
-    failures, requests blocked (403) and throttled (429), geo-hook failures, requests
+    failures, requests blocked (403), throttled (429), answered a challenge (``challenged``)
+    and let through by a solved one (``challenges_passed``), geo-hook failures, requests
     let through by an allow entry (``allow_listed``)."""
 
     applied: int = 0
@@ -171,6 +176,8 @@ class EnforcementStats:
     reconnects: int = 0
     blocked: int = 0
     throttled: int = 0
+    challenged: int = 0
+    challenges_passed: int = 0
     geo_errors: int = 0
     allow_listed: int = 0
 
@@ -183,7 +190,7 @@ class Enforcement:
     ``gatewatch_fetch_max_wait_ms``, ``gatewatch_decisions_fail_open``,
     ``gatewatch_decision_prefix_v4``/``_v6``, ``gatewatch_throttle_rate_limit``,
     ``gatewatch_username_throttle_rate_limit``,
-    ``gatewatch_geo_lookup``, ``gatewatch_decision_signing_key``/``_kid``,
+    ``gatewatch_challenge_hmac_key``/``_cost``/``_ttl_s``, ``gatewatch_geo_lookup``, ``gatewatch_decision_signing_key``/``_kid``,
     ``gatewatch_decision_verify_keys`` (JSON ``{kid: secret}``),
     ``gatewatch_decision_signing_required``. Runs before authentication refuses (the
     principal is identified in ``requestheaders``), so banned clients learn
@@ -198,12 +205,14 @@ class Enforcement:
         self.stats = EnforcementStats()
         self.spec: FeedSpec | None = None
         self.loaded = False
+        s = load_settings()
         self.throttle: GcraLimiter | None = None
         self.username_throttle: GcraLimiter | None = None
         self.recognized = RecognizedSources()
+        self.challenges = ChallengeGate(ChallengeSpec(s.challenge_hmac_key, s.challenge_cost, s.challenge_ttl_s))
         self.geo_lookup: GeoLookup | None = None
         self.after_login = LoginStage(self)
-        self.verifier = DecisionVerifier.from_settings(load_settings())
+        self.verifier = DecisionVerifier.from_settings(s)
         self._task: asyncio.Task | None = None
 
     def load(self, loader) -> None:
@@ -231,6 +240,12 @@ class Enforcement:
                           "Secret key (HMAC-SHA256) decision messages must be signed with.")
         loader.add_option("gatewatch_decision_signing_kid", str, s.decision_signing_kid,
                           "Key id of gatewatch_decision_signing_key.")
+        loader.add_option("gatewatch_challenge_hmac_key", str, s.challenge_hmac_key,
+                          "Secret (HMAC) that signs the challenges of challenge decisions.")
+        loader.add_option("gatewatch_challenge_cost", int, s.challenge_cost,
+                          "Iterated-SHA-256 rounds per counter of a challenge (work ~256 x cost).")
+        loader.add_option("gatewatch_challenge_ttl_s", int, s.challenge_ttl_s,
+                          "Seconds a challenge stays solvable.")
         loader.add_option("gatewatch_decision_verify_keys", str, json.dumps(s.decision_verify_keys),
                           "Further accepted decision keys, JSON {kid: secret} (key rotation).")
         loader.add_option("gatewatch_decision_signing_required", bool, s.decision_signing_required,
@@ -248,6 +263,12 @@ class Enforcement:
                 if spec is None and attr == "throttle":
                     raise exceptions.OptionsError(f"{name} cannot be 'off'")
                 setattr(self, attr, None if spec is None else GcraLimiter(spec))
+        if updated & {"gatewatch_challenge_hmac_key", "gatewatch_challenge_cost", "gatewatch_challenge_ttl_s"}:
+            try:
+                self.challenges = ChallengeGate(ChallengeSpec(
+                    o.gatewatch_challenge_hmac_key, o.gatewatch_challenge_cost, o.gatewatch_challenge_ttl_s))
+            except ValueError as exc:
+                raise exceptions.OptionsError(str(exc)) from exc
         if "gatewatch_geo_lookup" in updated:
             try:
                 self.geo_lookup = load_geo_lookup(o.gatewatch_geo_lookup)
@@ -348,8 +369,9 @@ class Enforcement:
             self.enforce(flow, facts, active, now)
 
     def enforce(self, flow: http.HTTPFlow, facts: FlowFacts, active: Active, now: float) -> None:
-        """Answer ``flow`` for decision ``active``: 403 for a ban; for a throttle, 429
-        once the client exceeds the throttle limit (else the request passes)."""
+        """Answer ``flow`` for decision ``active``: 403 for a ban; for a challenge, 403 with
+        a challenge unless the request carries a solved one; for a throttle, 429 once the
+        client exceeds the throttle limit (else the request passes)."""
         if active.action == "ban":
             self.stats.blocked += 1
             facts.decision_id = active.id
@@ -357,8 +379,13 @@ class Enforcement:
             retry = max(1, math.ceil(active.expires - now))
             json_answer(flow, 403, blocked_body(active), "decision", {"Retry-After": str(retry)})
             return
-        if active.scope == "username" and self.username_throttle is not None and not (
-                facts.username_hash and self.recognized.recognized(facts.username_hash, facts.client_ip, now)):
+        recognized = active.scope == "username" and bool(facts.username_hash) and self.recognized.recognized(
+            facts.username_hash, facts.client_ip, now)
+        if active.action == "challenge":
+            if not recognized:
+                self.challenge(flow, facts, active, now)
+            return
+        if active.scope == "username" and self.username_throttle is not None and not recognized:
             limiter, bucket = self.username_throttle, active.key()   # the account, from any unrecognized source
         else:
             limiter, bucket = self.throttle, f"{active.key()}|{facts.client_ip}"
@@ -372,6 +399,21 @@ class Enforcement:
             header = retry_after_header(wait)
             json_answer(flow, 429, {"error": "rate_limited", "scope": "throttle", "decision_id": active.id,
                                     "retry_after_s": int(header)}, "rate_limit", {"Retry-After": header})
+
+    def challenge(self, flow: http.HTTPFlow, facts: FlowFacts, active: Active, now: float) -> None:
+        """Let ``flow`` through if it carries a solved challenge (the header is removed before
+        the upstream sees it), else answer 403 with a fresh challenge (:mod:`inline.challenge`)."""
+        verdict = self.challenges.check(flow.request.headers.pop(SOLUTION_HEADER, None), now)
+        if verdict == "passed":
+            self.stats.challenges_passed += 1
+            return
+        self.stats.challenged += 1
+        facts.decision_id = active.id
+        flowtags.mark_blocked(flow, "challenge")
+        json_answer(flow, 403, {"error": "challenge_required", "decision_id": active.id, "scope": active.scope,
+                                "solution": verdict, "solution_header": SOLUTION_HEADER,
+                                "challenge": self.challenges.issue(now)},
+                    "decision", {MITIGATED_HEADER: "challenge"})
 
     def apply(self, key: bytes | None, value: bytes | None, now: float, headers: Headers = None) -> None:
         """Apply one decisions message with its record ``headers``, counting it. One without a

@@ -132,6 +132,10 @@ class _Collector:
                            "(gatewatch/signing.py), or malformed.", ("reason",),
                            {("unsigned",): st.unsigned, ("bad_signature",): st.bad_signature,
                             ("malformed",): st.malformed})
+            yield _counter("gatewatch_challenges",
+                           "Requests under a challenge decision, by outcome: answered a challenge (403) or "
+                           "let through by a solved one (inline/challenge.py).", ("outcome",),
+                           {("challenged",): st.challenged, ("passed",): st.challenges_passed})
         yield _counter("gatewatch_requests_rejected",
                        "HTTP/1 request heads refused before parsing (431/414), by reason.",
                        ("reason",), {(k,): n for k, n in size_limits.rejected.items()})

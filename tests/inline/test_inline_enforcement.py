@@ -7,6 +7,7 @@ import json
 import time
 from datetime import datetime, timedelta, timezone
 
+import altcha
 import pytest
 from mitmproxy import exceptions, http
 from mitmproxy.test import taddons
@@ -16,6 +17,7 @@ from gatewatch.settings import load_settings
 from gatewatch.signing import DecisionSigner
 from inline import flowtags
 from gatewatch.decision_store import DecisionStore, canonical_value
+from inline.challenge import SOLUTION_HEADER
 from inline.enforcement import Enforcement, load_geo_lookup
 from inline.flowstate import get_facts
 from inline.lists import Lists
@@ -128,7 +130,16 @@ def test_throttle_and_challenge_are_not_bans_but_all_scopes_stored():
     assert store.lookup("ip", "192.0.2.1", T).action == "throttle"
     assert store.match_request("192.0.2.1", "", T) is None
     assert store.match(T, client_ip="192.0.2.1").action == "throttle"
-    assert store.match(T, client_ip="192.0.2.2") is None   # challenge: stored, not enforced
+    assert store.match(T, client_ip="192.0.2.2").action == "challenge"
+
+
+def test_a_ban_wins_over_a_challenge_and_a_challenge_over_a_throttle():
+    store = DecisionStore()
+    apply(store, decision(scope="ip", value="192.0.2.7", action="throttle"))
+    apply(store, decision(scope="principal", value="key_a", action="challenge"))
+    assert store.match(T, client_ip="192.0.2.7", principal="key_a").action == "challenge"
+    apply(store, decision(scope="prefix", value="192.0.2.0/24"))
+    assert store.match(T, client_ip="192.0.2.7", principal="key_a").action == "ban"
 
 
 @pytest.mark.parametrize("key, value", [
@@ -453,6 +464,42 @@ def test_username_throttle_is_per_address_by_default():
 
             assert [await attempt("203.0.113.1") for _ in range(3)] == [200, 200, 429]
             assert [await attempt(f"203.0.113.{i}") for i in range(2, 6)] == [200] * 4
+    asyncio.run(go())
+
+
+def test_username_challenge_spares_the_accounts_recognized_sources():
+    """A ``username`` challenge stops login attempts on the account from new addresses until
+    they carry a solved challenge; the owner's address, which logged in before, is spared
+    (as for a username throttle)."""
+    async def go():
+        routes, enf, login = Routes(), Enforcement(), Login()
+        chain = [routes, enf, login, enf.after_login]
+        with taddons.context(*chain) as tctx:
+            tctx.configure(enf, gatewatch_bootstrap_servers="127.0.0.1:1", gatewatch_challenge_cost=10)
+            tctx.configure(login, gatewatch_username_hash_key="k")
+
+            async def attempt(peer: str, solution: str | None = None) -> http.HTTPFlow:
+                headers = {"Content-Type": "application/json"}
+                if solution is not None:
+                    headers[SOLUTION_HEADER] = solution
+                return await run_flow(tctx, chain, make_flow(
+                    peer=peer, path="/login", method="POST", headers=headers,
+                    body=json.dumps({"username": "victim", "password": "x"}).encode()))
+
+            owner = "198.18.200.7"
+            assert (await attempt(owner)).response.status_code == 200   # logs in before the attack
+            d = live("username", username_hash("k", "victim"), "challenge")
+            signed_apply(enf, d.key().encode(), d.to_json(), time.time())
+            flow = await attempt("203.0.113.1")
+            body = json.loads(flow.response.content)
+            assert flow.response.status_code == 403 and body["decision_id"] == d.id
+            assert flowtags.blocked_scope(flow) == "challenge" and get_facts(flow).decision_id == d.id
+            challenge = altcha.Challenge.from_dict(body["challenge"])
+            solution = altcha.Payload(challenge, altcha.solve_challenge(challenge)).to_base64()
+            passed = await attempt("203.0.113.1", solution)
+            assert passed.response.status_code == 200 and SOLUTION_HEADER not in passed.request.headers
+            assert (await attempt(owner)).response.status_code == 200
+        assert (enf.stats.challenged, enf.stats.challenges_passed) == (1, 1)
     asyncio.run(go())
 
 

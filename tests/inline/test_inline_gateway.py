@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import altcha
 import httpx
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -28,6 +29,8 @@ from gatewatch.keys import add_key
 from gatewatch.netutil import free_port
 from gatewatch.settings import GatewatchSettings, RateLimit, load_settings
 from gatewatch.signing import DecisionSigner
+from inline.challenge import SOLUTION_HEADER
+from inline.login import username_hash
 from inline_testkit import mitmdump, upstream_server
 
 POLL_S = 10.0   # upper bound of every "wait until" loop; tests never assert on timing
@@ -159,9 +162,9 @@ def _length(data: bytes) -> int:
     return 0
 
 
-def decision(scope: str, value: str, ttl_s: float = 600.0) -> Decision:
+def decision(scope: str, value: str, ttl_s: float = 600.0, action: str = "ban") -> Decision:
     now = datetime.now(timezone.utc)
-    return Decision(scope=scope, value=value, action="ban", reason="test", detector="manual",
+    return Decision(scope=scope, value=value, action=action, reason="test", detector="manual",
                     created_at=now, expires_at=now + timedelta(seconds=ttl_s), origin="cli")
 
 
@@ -312,6 +315,60 @@ def test_decisions_ban_lift_and_survive_malformed_messages(start_gateway: Callab
     ip_event, bob_event = events[blocked.headers["X-Request-Id"]], events[as_bob.headers["X-Request-Id"]]
     assert (ip_event.status, ip_event.answered_by, ip_event.decision_id) == (403, "decision", ban.id)
     assert (bob_event.principal, bob_event.decision_id) == ("key_bob", bob_ban.id)
+
+
+def test_challenge_decisions_let_each_solved_request_through_once(start_gateway: Callable[..., Gateway]):
+    """A ``challenge`` decision (inline/challenge.py): 403 with a challenge; the same request
+    with the challenge solved (altcha's own solver, as a client SDK would) reaches the
+    upstream once; a replayed or forged solution gets a new challenge. On the login route a
+    ``username`` challenge applies to the account whatever the address."""
+    gateway = start_gateway()
+    s = gateway.settings
+    with gateway.client("127.0.0.51") as challenged, gateway.client("127.0.0.52") as bystander:
+        def get(**headers: str) -> httpx.Response:
+            return challenged.get("/users/1", headers={"X-API-Key": gateway.alice, **headers})
+
+        ip_challenge = decision("ip", "127.0.0.51", action="challenge")
+        publish(s, ip_challenge.key().encode(), ip_challenge.to_json())
+        first = wait_for_status(get, 403)
+        body = first.json()
+        assert first.status_code == 403 and first.headers["Gatewatch-Mitigated"] == "challenge"
+        assert (body["error"], body["decision_id"], body["solution"]) == ("challenge_required", ip_challenge.id,
+                                                                          "missing")
+        assert body["solution_header"] == SOLUTION_HEADER
+
+        def solve(answer: httpx.Response) -> str:
+            challenge = altcha.Challenge.from_dict(answer.json()["challenge"])
+            return altcha.Payload(challenge, altcha.solve_challenge(challenge)).to_base64()
+
+        solution = solve(first)
+        passed = get(**{SOLUTION_HEADER: solution})
+        assert passed.status_code == 200 and passed.json()["path"] == "/users/1"
+        replayed = get(**{SOLUTION_HEADER: solution})
+        assert replayed.status_code == 403 and replayed.json()["solution"] == "replayed"
+        payload = altcha.Payload.from_base64(solve(replayed))
+        payload.solution.counter += 1   # a wrong counter under a genuine signature
+        forged = get(**{SOLUTION_HEADER: payload.to_base64()})
+        assert forged.status_code == 403 and forged.json()["solution"] == "invalid"
+        assert bystander.get("/users/1", headers={"X-API-Key": gateway.alice}).status_code == 200
+
+        carol = username_hash(s.username_hash_key, "carol")
+        account = decision("username", carol, action="challenge")
+        publish(s, account.key().encode(), account.to_json())
+
+        def login(**headers: str) -> httpx.Response:
+            return bystander.post("/login", json={"username": "Carol", "password": "guess"}, headers=headers)
+        login_challenged = wait_for_status(login, 403)
+        assert login_challenged.json()["decision_id"] == account.id
+        assert login(**{SOLUTION_HEADER: solve(login_challenged)}).status_code == 401   # the upstream's answer
+        assert bystander.post("/login", json={"username": "dave", "password": "guess"}).status_code == 401
+
+    ids = {r.headers["X-Request-Id"] for r in (first, passed, login_challenged)}
+    events, _ = request_events(s, ids)
+    assert (events[first.headers["X-Request-Id"]].answered_by,
+            events[first.headers["X-Request-Id"]].decision_id) == ("decision", ip_challenge.id)
+    assert events[passed.headers["X-Request-Id"]].answered_by == "upstream"
+    assert events[login_challenged.headers["X-Request-Id"]].decision_id == account.id
 
 
 def test_upstream_down_gives_502_and_an_event(settings: GatewatchSettings, tmp_path: Path):
