@@ -302,12 +302,13 @@ def print_tables(results: dict[str, Any], console: Console) -> None:
     console.print(t)
 
     t = Table(title="benign actors")
-    for col in ("actor", "requests", "statuses", "blocked (ban/throttle)", "decisions on its identities",
-                "FP detections"):
+    for col in ("actor", "requests", "statuses", "blocked (ban/throttle)", "challenged (solved)",
+                "decisions on its identities", "FP detections"):
         t.add_column(col)
     for r in results["benign"]:
         t.add_row(r["actor"], str(r["requests"]), " ".join(f"{k}:{v}" for k, v in r["statuses"].items()),
                   f"{r['blocked_requests']} ({r['banned_requests']}/{r['throttled_requests']})",
+                  str(r["challenged_requests"]),
                   "; ".join(r["decisions_on_its_identities"]) or "—", str(r["false_positive_detections"]))
     console.print(t)
 

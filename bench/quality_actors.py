@@ -14,7 +14,7 @@ Benign actors (none may be blocked):
   profile, orders and documents, now and then a stale link to one of two
   orders that no longer exist (404), every 0.4–1.2 s; one more login between
   40 % and 90 % of the run (an expired session), when attacked usernames may
-  be under a throttle.
+  be under a challenge (people solve it).
 * ``nat-office``: 300 people behind one corporate address (Germany) sharing
   the office app's API key; each comes once, logs in (12 % typo first), reads
   3–8 of its own things at 1–3 s intervals, leaves — a normal login success
@@ -137,7 +137,9 @@ class Actor:
     ``rate_per_s``: planned requests/s of an open-loop attack; ``latency``:
     ``(at_s, ms)`` changes of the upstream latency of :data:`LATENCY_ROUTE`;
     ``response``: what the default decision policy promises for this attack —
-    ``ban`` (403), ``throttle`` (429 beyond a tight limit) or ``alert`` (no decision).
+    ``ban`` (403), ``throttle`` (429 beyond a tight limit), ``challenge`` or ``alert``
+    (no decision). ``solves_challenges``: whether its client solves a gateway challenge
+    (None: people do, attack tools do not).
     """
 
     name: str
@@ -149,6 +151,12 @@ class Actor:
     rate_per_s: float | None = None
     latency: tuple[tuple[float, float], ...] = ()
     response: str | None = None
+    solves_challenges: bool | None = None
+
+    @property
+    def solves(self) -> bool:
+        """True if its client solves challenges (see ``solves_challenges``)."""
+        return not self.attack if self.solves_challenges is None else self.solves_challenges
 
     @property
     def start_s(self) -> float:
@@ -359,7 +367,7 @@ class _Builder:
                 | {f"global:{GLOBAL_VALUE}"})
         return Actor("stuffing-distributed", "stuffing-distributed", True,
                      (Script(at * self.d, steps, open_loop=True, max_in_flight=FAST_IN_FLIGHT),),
-                     frozenset({CREDENTIAL_STUFFING}), keys, len(steps) / span, response="throttle")
+                     frozenset({CREDENTIAL_STUFFING}), keys, len(steps) / span, response="challenge")
 
     def bola(self, name: str, kind: str, uid: int, at: float, rate: float, seconds: float,
              paths: list[str], in_flight: int) -> Actor:
@@ -370,7 +378,10 @@ class _Builder:
         steps += [_get(ip, path, 0.05 + i / rate) for i, path in enumerate(paths[:int(rate * seconds)])]
         return Actor(name, kind, True,
                      (Script(at * self.d, tuple(steps), uid, key_id, open_loop=True, max_in_flight=in_flight),),
-                     frozenset({BOLA}), self.identity([ip], key_id), rate, response="ban")
+                     frozenset({BOLA}), self.identity([ip], key_id), rate, response="ban",
+                     # It logs in to its own account as a person does (its account may be one the
+                     # distributed attack targets): that login solves a challenge like anyone's.
+                     solves_challenges=True)
 
     def sequential_ids(self, n: int) -> list[str]:
         first = self.rng.randint(1000, 1000 + 3 * USERS - n - 1)

@@ -11,9 +11,12 @@ at most ``max_in_flight`` at once. No step starts after the run's deadline.
 Each answer becomes an :class:`Outcome`: wall-clock send and receive times
 (``time.time()``, the clock the gateway stamps events with, on this same
 machine), status, whether a decision answered it (``ban``: 403 with
-``{"error": "blocked"}``; ``throttle``: 429 naming a throttle decision), the
-gateway's ``X-Request-Id`` (the event id in the store), and whether a 200
+``{"error": "blocked"}``; ``throttle``: 429 naming a throttle decision;
+``challenge``: 403 with ``{"error": "challenge_required"}``), the gateway's ``X-Request-Id`` (the event id in the store), and whether a 200
 returned an object of another owner than the script's user (a foreign object).
+A benign actor answered a challenge solves it (as the ALTCHA widget or an SDK
+would, off the event loop) and sends the request again once, with the solution;
+attack tools do not solve challenges.
 
 The ``latency`` actor's changes are sent straight to the sample API's control
 endpoint (not through the gateway); their wall-clock times are recorded.
@@ -31,11 +34,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import altcha
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bench.quality_actors import LATENCY_ROUTE, Actor, Scenario, Script, Step
 from gatewatch.events import MalformedRecord, parse_request_event
 from gatewatch.settings import GatewatchSettings
+from inline.challenge import SOLUTION_HEADER
 
 #: Connections the client keeps to the gateway at most.
 CONNECTIONS = 256
@@ -55,10 +60,16 @@ class Outcome:
     sent_at: float
     received_at: float
     status: int
-    blocked_by: str | None = None  # "ban" | "throttle"
+    blocked_by: str | None = None  # "ban" | "throttle" | "challenge"
     decision_id: str | None = None
     foreign: bool = False
     error: str | None = None
+
+
+def solve(challenge: dict[str, Any]) -> str:
+    """The solution of a gateway challenge (the JSON object of its 403), as the header value."""
+    parsed = altcha.Challenge.from_dict(challenge)
+    return altcha.Payload(parsed, altcha.solve_challenge(parsed)).to_base64()
 
 
 @dataclass
@@ -149,9 +160,12 @@ class Player:
             task.add_done_callback(pending.discard)
         await asyncio.gather(*pending)
 
-    async def _send(self, actor: Actor, script: Script, step: Step, state: dict[str, str]) -> None:
+    async def _send(self, actor: Actor, script: Script, step: Step, state: dict[str, str],
+                    solution: str | None = None) -> None:
         assert self._session is not None
         headers = {"X-Forwarded-For": step.ip}
+        if solution is not None:
+            headers[SOLUTION_HEADER] = solution
         if script.api_key_id:
             headers["X-API-Key"] = self.api_keys[script.api_key_id]
         if step.session and "token" in state:
@@ -173,6 +187,8 @@ class Player:
             blocked_by = "ban"
         elif status == 429 and body.get("scope") == "throttle":
             blocked_by = "throttle"
+        elif status == 403 and body.get("error") == "challenge_required":
+            blocked_by = "challenge"
         owner = body.get("owner") if status == 200 else None
         foreign = owner is not None and script.user_id is not None and owner != script.user_id
         if step.login and status == 200 and "token" in body:
@@ -180,6 +196,10 @@ class Player:
         self.log.outcomes.append(Outcome(actor.name, request_id, step.ip, step.method, step.path, sent, received,
                                          status, blocked_by, body.get("decision_id") if blocked_by else None,
                                          foreign))
+        if blocked_by == "challenge" and actor.solves and solution is None and not self._over():
+            # People's clients run the ALTCHA widget (or an SDK): solve, send again once.
+            # Attack tools do not solve challenges.
+            await self._send(actor, script, step, state, await asyncio.to_thread(solve, body["challenge"]))
 
     async def _latency(self, actor: Actor) -> None:
         assert self._session is not None

@@ -146,9 +146,11 @@ class _Run:
     """Indexes of one run: outcomes per actor, the actor of each request id, spans."""
 
     def __init__(self, actors: list[Actor], outcomes: list[Outcome], latency_changes: list[tuple[str, float, float]],
-                 stored: dict[str, StoredRequest], detections: list[StoredDetection]) -> None:
+                 stored: dict[str, StoredRequest], detections: list[StoredDetection],
+                 challenge_ids: frozenset[str] = frozenset()) -> None:
         self.actors = {a.name: a for a in actors}
         self.stored = stored
+        self.challenge_ids = challenge_ids   # ids of the run's challenge decisions
         self.recoveries = sorted((d for d in detections if d.recovery), key=lambda d: d.ts)
         self.by_actor: dict[str, list[Outcome]] = defaultdict(list)
         self.actor_of: dict[str, str] = {}
@@ -200,6 +202,8 @@ class _Run:
         """(kind, decision id) when a decision answered ``o``: from the store, else the client."""
         req = self.stored.get(o.request_id or "")
         if req is not None and req.answered_by == "decision":
+            if req.decision_id in self.challenge_ids:
+                return "challenge", req.decision_id
             return ("ban" if req.status == 403 else "throttle"), req.decision_id
         return o.blocked_by, o.decision_id
 
@@ -221,12 +225,17 @@ def _attack_row(run: _Run, actor: Actor, tps: list[StoredDetection], decisions: 
     mine = run.by_actor.get(actor.name, [])
     start = run.span.get(actor.name, (None, None))[0]
     first = min(tps, key=lambda d: d.ts) if tps else None
+    by_id = {d.detection_id: d for d in tps}
+    # A challenge of a decision made on another actor's detections (an attacked account this
+    # actor logs in to, solving the challenge as people do) is not a block of this attack.
+    own_challenges = {d.id for d in decisions.values() if d.action == "challenge" and d.detection_id in by_id}
     blocks = sorted(((o, *run.block_of(o)) for o in mine), key=lambda x: x[0].received_at)
+    blocks = [(o, kind, did) if kind != "challenge" or did in own_challenges else (o, None, None)
+              for o, kind, did in blocks]
     first_block = next(((o, kind, did) for o, kind, did in blocks if kind), None)
     first_403 = next((o for o, kind, _ in blocks if kind == "ban"), None)
     # The threshold that counts for enforcement: the detection behind the decision that
     # answered the first block; without a block, the first detection that got a decision.
-    by_id = {d.detection_id: d for d in tps}
     own = sorted((d for d in decisions.values() if d.detection_id in by_id), key=lambda d: d.created_at)
     decision = decisions.get(first_block[2]) if first_block and first_block[2] else None
     decision = decision if decision is not None and decision.detection_id in by_id else (own[0] if own else None)
@@ -287,7 +296,8 @@ def score(actors: list[Actor], outcomes: list[Outcome], latency_changes: list[tu
     ``seen_at``: wall-clock time at which the harness's followers read each request
     event, detection and decision (by id); ``created_at``: their Kafka timestamps (when
     the gateway, or the worker, handed them to its producer), by id."""
-    run = _Run(actors, outcomes, latency_changes, stored, detections)
+    run = _Run(actors, outcomes, latency_changes, stored, detections,
+               frozenset(d.id for d in decisions if d.action == "challenge"))
     decision_by_id = {d.id: d for d in decisions}
     tps: dict[str, list[StoredDetection]] = defaultdict(list)
     fps: list[dict[str, Any]] = []
@@ -314,8 +324,11 @@ def score(actors: list[Actor], outcomes: list[Outcome], latency_changes: list[tu
     for actor in (a for a in actors if not a.attack):
         mine = run.by_actor.get(actor.name, [])
         statuses = Counter(str(o.status) for o in mine)
-        blocked = [(o, *run.block_of(o)) for o in mine]
-        blocked = [(o, kind, did) for o, kind, did in blocked if kind]
+        answered = [(o, *run.block_of(o)) for o in mine]
+        challenged = [o for o, kind, _ in answered if kind == "challenge"]
+        # A challenge a person solves is not a block (the client sends the request again,
+        # solved); a ban or throttle is.
+        blocked = [(o, kind, did) for o, kind, did in answered if kind and kind != "challenge"]
         for _, _, did in blocked:
             detector = decision_by_id[did].detector if did in decision_by_id else "unknown"
             fp_blocks[detector].add(actor.name)
@@ -325,6 +338,7 @@ def score(actors: list[Actor], outcomes: list[Outcome], latency_changes: list[tu
             "actor": actor.name, "kind": actor.kind, "requests": len(mine), "statuses": dict(sorted(statuses.items())),
             "blocked_requests": len(blocked), "banned_requests": sum(1 for _, k, _ in blocked if k == "ban"),
             "throttled_requests": sum(1 for _, k, _ in blocked if k == "throttle"),
+            "challenged_requests": len(challenged),
             "client_errors": sum(1 for o in mine if o.status == 0),
             "decisions_on_its_identities": touching,
             "false_positive_detections": sum(1 for f in fps if f["on"] == actor.name),

@@ -29,9 +29,10 @@ bucket reaches ``max(spike_min_failures, spike_factor × baseline)`` (30,
 3×) and ends when a bucket closes below it; spike buckets do not feed the
 baseline. One ``global`` detection marks the start. While a spike lasts, the
 ``username`` rule drops to ``spike_username_min_failures`` (2) failures from
-``spike_username_min_ips`` (2) IPs: the accounts under attack are throttled
-(``username`` scope, value = the username hash) instead of banning hundreds of
-mostly innocent (residential proxy) addresses.
+``spike_username_min_ips`` (2) IPs: the accounts under attack get a
+``username``-scope decision (value = the username hash; by default a proof-of-work
+``challenge`` on their logins, see ``inline/challenge.py``, or a throttle) instead
+of bans of hundreds of mostly innocent (residential proxy) addresses.
 
 The owner rule: a failure from an address from which the same username logged
 in successfully is the owner mistyping, not an attacker — a success needs the
@@ -48,7 +49,7 @@ repository that had one) removes most false positives the same way: compare a
 suspected address with the last addresses the account logged in from; OWASP's
 "Slow Down Online Guessing Attacks with Device Cookies" trusts, for an account,
 a client that has logged in to it; and the gateway spares such addresses from
-``username`` throttles (``inline/recognized_sources.py``). The evidence counts
+``username`` throttles and challenges (``inline/recognized_sources.py``). The evidence counts
 the failures left out (``failures_from_recognized_sources``); ``distinct_ips``
 counts only the others.
 

@@ -86,7 +86,7 @@ def add(
     value: str = typer.Option(..., help="The address, CIDR, key id, username hash, ASN or country code."),
     ttl: str = typer.Option("1h", help="How long: 90s, 15m, 4h, 7d."),
     reason: str = typer.Option(..., help="Why (shown by `gatewatch explain`)."),
-    action: str = typer.Option("ban", help="ban (403) or throttle (tighter rate limit)."),
+    action: str = typer.Option("ban", help="ban (403), throttle (tighter rate limit) or challenge (proof of work)."),
 ) -> None:
     """Publish a manual decision; every gateway enforces it within a second."""
     try:

@@ -8,6 +8,8 @@ and the scoring is fed a small hand-made run whose figures are worked out below.
 
 from __future__ import annotations
 
+import dataclasses
+
 import itertools
 import math
 
@@ -50,7 +52,7 @@ def test_labels(scenario) -> None:
     assert {a.kind for a in benign} == {"user", "geo-victim", "nat-office", "mobile", "vpn", "batch", "bulk-sync"}
     assert {a.kind for a in attacks} >= {"stuffing-fast", "stuffing-slow", "stuffing-distributed",
                                          "bola-sequential-fast", "bola-uuid-fast", "impossible-travel", "latency"}
-    assert all(a.detectors and a.response in ("ban", "throttle", "alert") for a in attacks)
+    assert all(a.detectors and a.response in ("ban", "throttle", "challenge", "alert") for a in attacks)
     assert not any(a.detectors or a.response for a in benign)
     assert len({a.name for a in scenario.actors}) == len(scenario.actors)
 
@@ -164,6 +166,35 @@ def test_attack_timings(small_run) -> None:
     assert row["answered_before_first_block"] == 12 and row["foreign_objects_before_first_block"] == 1
     assert row["answered_after_threshold"] == 2  # stuffer-10 and stuffer-11
     assert row["achieved_rate_per_s"] == pytest.approx(19 / 0.095, rel=1e-3)
+
+
+def test_challenges_block_attack_tools_not_people_who_solve_them() -> None:
+    """A username challenge (decision dec-c on the distributed attack's detection): the
+    attack tool's attempts it answered are blocks; a person answered a challenge who then
+    sent the login again, solved, is not blocked; a BOLA attacker logging in to an attacked
+    account (a challenge of another actor's decision) is not blocked by it either."""
+    spread = Actor("spread", "stuffing-distributed", True, detectors=frozenset({"credential_stuffing"}),
+                   keys=frozenset({"username:h1"}), rate_per_s=5.0, response="challenge")
+    person = Actor("owner", "user", False, keys=frozenset({f"ip:{USER}"}))
+    bola = Actor("bola", "bola-sequential-slow", True, detectors=frozenset({"bola"}),
+                 keys=frozenset({"principal:k9"}), rate_per_s=2.0, response="ban", solves_challenges=True)
+    outcomes = [_out("spread", 0, 0.0, 401), _out("spread", 1, 0.2, 403, "challenge"),
+                _out("owner", 0, 0.3, 403, "challenge", ip=USER), _out("owner", 1, 0.4, 200, ip=USER),
+                _out("bola", 0, 0.5, 403, "challenge"), _out("bola", 1, 0.6, 200)]
+    outcomes = [dataclasses.replace(o, decision_id="dec-c") if o.blocked_by else o for o in outcomes]
+    stored = {o.request_id: StoredRequest(o.request_id, o.sent_at + 0.001, o.ip,
+                                          "decision" if o.blocked_by else "upstream", o.status, o.decision_id)
+              for o in outcomes}
+    det = StoredDetection("det-c", T0 + 0.1, "credential_stuffing", "username", "h1",
+                          {"rule": "username_during_spike"}, ("spread-0",))
+    decisions = [StoredDecision("dec-c", T0 + 0.1, "username", "h1", "challenge", "credential_stuffing", "det-c")]
+    run = score([spread, person, bola], outcomes, [], stored, [det], decisions, {}, {})
+    rows = {r["actor"]: r for r in run["attacks"]}
+    assert (rows["spread"]["first_block"], rows["spread"]["blocked_requests"]) == ("challenge", 1)
+    assert (rows["bola"]["first_block"], rows["bola"]["blocked_requests"]) == (None, 0)
+    (owner,) = run["benign"]
+    assert (owner["blocked_requests"], owner["challenged_requests"]) == (0, 1)
+    assert bola.solves and person.solves and not spread.solves
 
 
 def test_targets(small_run) -> None:

@@ -142,7 +142,7 @@ def low_and_slow_attack(rng: random.Random, prefix: str, targets: list[str]) -> 
 
 
 def spike_expectations(targets: list[str], spared: list[str]) -> dict[str, Any]:
-    """A low-and-slow attack's findings: the spike and every target's username throttled; no
+    """A low-and-slow attack's findings: the spike and every target's username challenged; no
     IP, prefix or ASN rule, and none of the ``spared`` usernames."""
     return {
         "detector": "credential_stuffing",
@@ -150,7 +150,7 @@ def spike_expectations(targets: list[str], spared: list[str]) -> dict[str, Any]:
         + [{"scope": "username", "value": uhash(u)} for u in targets],
         "must_not_detect": [{"scope": "ip"}, {"scope": "prefix"}, {"scope": "asn"}]
         + [{"scope": "username", "value": uhash(u)} for u in spared],
-        "decisions": [{"scope": "username", "value": uhash(u), "action": "throttle"} for u in targets],
+        "decisions": [{"scope": "username", "value": uhash(u), "action": "challenge"} for u in targets],
     }
 
 
@@ -165,7 +165,7 @@ def cs_low_and_slow_200_ips(rng: random.Random) -> tuple[list[RequestEvent], dic
                         "minutes, 120 accounts tried 5 times each from several IPs, among 40 staff "
                         "logging in every ~3 minutes (10 % typos). No IP or prefix crosses a threshold; "
                         "the global failed-login rate spikes (60/min against a baseline near 1), and "
-                        "every targeted account is throttled by username. No staff account is."),
+                        "every targeted account gets a username challenge. No staff account does."),
         **spike_expectations(targets, staff_names),
     }
 
@@ -195,8 +195,8 @@ def cs_spike_owners_typo_on_two_networks(rng: random.Random) -> tuple[list[Reque
                         "to another network (a VPN exit) within 1-4 minutes, mistype and log in again; half "
                         "of them mistype once more back home. Each makes 2-3 failures from 2 addresses, "
                         "some during the spike, but every failure comes from an address that logged in to the "
-                        "account (the owner rule): none is throttled. Four attacked accounts' owners "
-                        "mistype and log in during the attack: their accounts are still throttled (the "
+                        "account (the owner rule): none is challenged. Four attacked accounts' owners "
+                        "mistype and log in during the attack: their accounts are still challenged (the "
                         "attackers' addresses never logged in to them)."),
         **spike_expectations(targets, travellers),
     }

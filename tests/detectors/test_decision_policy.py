@@ -117,8 +117,8 @@ def test_alert_only_scopes_and_detectors() -> None:
     spike = _det(1, T0, "global", "login_failures")
     assert policy.decide(spike).outcome == "alert_only"
     assert policy.decide(_det(2, T0, detector="geo")).outcome == "alert_only"
-    throttle = policy.decide(_det(3, T0, "username", "ab" * 32))
-    assert throttle.decision is not None and throttle.decision.action == "throttle"
+    account = policy.decide(_det(3, T0, "username", "ab" * 32))
+    assert account.decision is not None and account.decision.action == "challenge"
     ban = policy.decide(Detection(detection_id="b1", ts=T0, detector="bola", scope="principal", value="k"))
     assert ban.decision is not None and ban.decision.action == "ban" and ban.decision.ttl_s == 600
 

@@ -150,7 +150,7 @@ def test_username_failures_from_several_ips_across_a_kill_fire_at_the_same_login
     detections, decisions, counters = _kill_mid_attack(
         s, tmp_path, attack, 6, "logins", s.topic_logins, f"username:{VICTIM}")
     _assert_once_as_without_a_kill(expected, detections, decisions)
-    assert decisions[0].action == "throttle" and counters.get("decisions_emitted") == 1
+    assert decisions[0].action == "challenge" and counters.get("decisions_emitted") == 1
     assert "detector_errors" not in counters
 
 
