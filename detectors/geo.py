@@ -65,7 +65,10 @@ Parameters (units in names): ``max_speed_kmh`` (900), ``min_distance_km``
 (500), ``learning_s`` (7 days), ``min_learning_events`` (20), ``state_ttl_s``
 (30 days: a principal silent that long is forgotten), ``anonymizer_asns``
 (autonomous system numbers left out of travel; default
-:data:`gatewatch.settings.DEFAULT_ANONYMIZER_ASNS`, empty to judge every network).
+:data:`gatewatch.settings.DEFAULT_ANONYMIZER_ASNS`, empty to judge every network),
+``history`` (a lookup of what is known of a principal from before this detector
+started, :class:`GeoHistory`, or None: a principal it has no state for starts from
+that history — its learning period and countries go on — instead of from nothing).
 
 Example::
 
@@ -92,7 +95,7 @@ IUGG mean Earth radius 6371.0088 km (Moritz, Geodetic Reference System 1980).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -122,6 +125,17 @@ def haversine_km(a: GeoPoint, b: GeoPoint) -> float:
     return 2 * EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(h)))
 
 
+@dataclass(frozen=True, slots=True)
+class GeoHistory:
+    """What was known of a principal before: its first located request (``first_ts``,
+    epoch s), how many located requests it made (``located_events``), the countries
+    (ISO codes) they came from."""
+
+    first_ts: float
+    located_events: int
+    countries: frozenset[str]
+
+
 @dataclass(slots=True)
 class _Seen:
     first_ts: float
@@ -147,7 +161,8 @@ class GeoAnomalyDetector:
                  learning_s: float = 7 * 86400.0, min_learning_events: int = 20,
                  allowed_countries: dict[str, frozenset[str]] | None = None,
                  state_ttl_s: float = 30 * 86400.0,
-                 anonymizer_asns: Iterable[int] = DEFAULT_ANONYMIZER_ASNS) -> None:
+                 anonymizer_asns: Iterable[int] = DEFAULT_ANONYMIZER_ASNS,
+                 history: Callable[[str], GeoHistory | None] | None = None) -> None:
         self.max_speed_kmh = max_speed_kmh
         self.min_distance_km = min_distance_km
         self.learning_s = learning_s
@@ -155,16 +170,18 @@ class GeoAnomalyDetector:
         self.allowed_countries = dict(allowed_countries or {})
         self.state_ttl_s = state_ttl_s
         self.anonymizer_asns = frozenset(anonymizer_asns)
+        self.history = history
         self._seen: dict[str, _Seen] = {}
         self._last_sweep = 0.0
 
     @classmethod
-    def from_settings(cls, cfg: Any) -> "GeoAnomalyDetector":
-        """From a :class:`gatewatch.settings.GeoAnomalySettings`."""
+    def from_settings(cls, cfg: Any, history: Callable[[str], GeoHistory | None] | None = None
+                      ) -> "GeoAnomalyDetector":
+        """From a :class:`gatewatch.settings.GeoAnomalySettings` (and a ``history`` lookup)."""
         return cls(max_speed_kmh=cfg.max_speed_kmh, min_distance_km=cfg.min_distance_km,
                    learning_s=cfg.learning_s, min_learning_events=cfg.min_learning_events,
                    allowed_countries={k: frozenset(v) for k, v in cfg.allowed_countries.items()},
-                   state_ttl_s=cfg.state_ttl_s, anonymizer_asns=cfg.anonymizer_asns)
+                   state_ttl_s=cfg.state_ttl_s, anonymizer_asns=cfg.anonymizer_asns, history=history)
 
     def process(self, event: ObservedRequest, point: GeoPoint | None, now: datetime) -> list[Detection]:
         """Learn from ``event`` located at ``point`` and return the detections it raises.
@@ -189,9 +206,16 @@ class GeoAnomalyDetector:
         # left out of travel in both roles (module docstring, "VPN and hosting networks").
         anonymized = event.asn is not None and event.asn in self.anonymizer_asns
         if seen is None:
-            self._seen[event.principal] = _Seen(t, t, None if anonymized else point, event.client_ip,
-                                                event.event_id, 1, {point.country} if point.country else set())
-            return out
+            known = self.history(event.principal) if self.history is not None else None
+            if known is None:
+                self._seen[event.principal] = _Seen(t, t, None if anonymized else point, event.client_ip,
+                                                    event.event_id, 1, {point.country} if point.country else set())
+                return out
+            # Known from before (e.g. the store, after a restart): no place to travel from yet,
+            # but the learning period and the countries go on.
+            seen = self._seen[event.principal] = _Seen(min(known.first_ts, t), t, None, event.client_ip,
+                                                       event.event_id, known.located_events,
+                                                       set(known.countries))
         last_point = seen.last_point
         # Events of one principal can arrive out of order (they come from several
         # partitions): the pair is judged in event-time order, whichever came first.

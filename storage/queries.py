@@ -270,6 +270,23 @@ QUERIES: dict[str, NamedQuery] = {
         "Upstream answers to authenticated principals with since <= ts < until, in event-time "
         "order, with the RequestEvent fields (for `gatewatch train`: the behaviour model's input).",
         "answered_by = 'upstream' AND principal != ''"),
+    "geo_history": NamedQuery(
+        columns=("principal", "first_s", "located", "countries"),
+        description=("Per principal, its upstream-answered requests with a country and since <= ts < "
+                     "until: first_s (epoch s of the first), located (how many; no FINAL, so a row "
+                     "stored twice counts twice), countries (distinct ISO codes). The geo detector's "
+                     "history after a restart (streams/detect_geo.py)."),
+        params={"since": _SINCE, "until": _UNTIL},
+        sql="""
+            SELECT principal, toUnixTimestamp64Milli(min(ts)) / 1000 AS first_s, count() AS located,
+                   arraySort(groupUniqArray(assumeNotNull(country))) AS countries
+            FROM requests
+            WHERE ts >= {since:DateTime64(3, 'UTC')} AND ts < {until:DateTime64(3, 'UTC')}
+              AND principal != '' AND answered_by = 'upstream' AND country IS NOT NULL AND country != ''
+            GROUP BY principal
+            ORDER BY principal
+        """,
+    ),
     "decisions_between": NamedQuery(
         columns=("id", "created_at", "expires_at", "scope", "value", "action", "reason", "detector",
                  "origin", "detection_id", "evidence"),

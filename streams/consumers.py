@@ -28,7 +28,8 @@ from streams.requests_consumer import requests_consumer
 by_principal = RekeyedConsumer(
     "by_principal", settings.topic_requests_by_principal, unpack_principal,
     lambda: detect_bola.stages() + detect_geo.stages() + detect_behaviour.stages(),
-    max(detect_bola.REPLAY_S, detect_geo.REPLAY_S, detect_behaviour.REPLAY_S))
+    max(detect_bola.REPLAY_S, detect_geo.REPLAY_S, detect_behaviour.REPLAY_S),
+    on_new_partitions=detect_geo.load_history)
 logins = RekeyedConsumer("logins", settings.topic_logins, unpack_events, detect_logins.stages,
                          detect_logins.REPLAY_S)
 by_route = RekeyedConsumer("by_route", settings.topic_requests_by_route, unpack_samples,

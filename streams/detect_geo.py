@@ -6,27 +6,39 @@ history lives on one worker: one detector per by-principal partition
 (:mod:`detectors.geo`) stays pure. Without geo data it counts ``geo_unavailable``
 and detects nothing (``gatewatch geo install`` fixes it).
 
-After a restart the by-principal partition's replay (the longest span of its
-detectors, see :mod:`streams.detect_bola`) rebuilds a principal's history from
-the replayed requests only: its last location, if it called within the span
-(impossible travel is then judged as without the restart). **Not exact** — a
-principal's history spans ``geo_anomaly.state_ttl_s`` (30 days), far beyond any
-replay: its learning period (``learning_s``, 7 days) starts over, so new
-countries are not reported for it until it has been learned again, and its
-countries seen before are forgotten. :data:`REPLAY_S` is 0: geo adds nothing to
-the span.
+After a restart a principal's history comes back from two places:
+
+* **the store**: before a by-principal partition is placed (:func:`load_history`,
+  the consumer's assignment hook), every principal's located requests of the last
+  ``geo_anomaly.state_ttl_s`` (30 days) are summed up by the store (named query
+  ``geo_history``: first one, how many, which countries) and handed to the
+  detectors as :class:`detectors.geo.GeoHistory`; a principal they have no state
+  for starts from it, so its learning period and its countries go on, and a new
+  country is reported as without the restart;
+* **the replay** of the partition (the longest span of its detectors, see
+  :mod:`streams.detect_bola`): its last location, if it called within the span
+  (impossible travel is then judged as without the restart).
+
+Not exact: the countries in the store are the gateway's (the DB-IP country file),
+the detector's come from the city file (both from one ``gatewatch geo install``,
+the same source); a request stored twice, or both stored and replayed (the
+replay span's requests are in both), counts twice towards ``min_learning_events``; a principal whose last located request is older than the
+replay span has no place to travel from until its next one; the store keeps what
+``requests_ttl_days`` keeps. If the store cannot answer (counted as
+``geo_history_errors``), detection goes on without the history: learning starts
+over, as before. :data:`REPLAY_S` is 0: geo adds nothing to the span.
 """
 
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 
-from detectors.geo import GeoAnomalyDetector, GeoPoint
+from detectors.geo import GeoAnomalyDetector, GeoHistory, GeoPoint
 from gatewatch.events import Detection, ObservedRequest
 from gatewatch.geoip import GeoDataError, GeoIp
 from streams import counters
-from streams.app import settings
+from streams.app import settings, store
 from streams.merged import EventStage
 
 log = logging.getLogger(__name__)
@@ -62,6 +74,37 @@ def _open_geo() -> GeoIp | None:
 #: Seconds of event time geo needs replayed: none (see the module docstring).
 REPLAY_S = 0.0
 _db = _open_geo()
+#: Principal -> its history in the store, as of the last :func:`load_history`.
+_history: dict[str, GeoHistory] = {}
+
+
+def history_of(principal: str) -> GeoHistory | None:
+    """The stored history of ``principal`` (the detectors' ``history`` lookup)."""
+    return _history.get(principal)
+
+
+async def load_history(now: datetime | None = None) -> int:
+    """Read the geo history of every principal from the store: located requests answered
+    by the upstream over the ``geo_anomaly.state_ttl_s`` seconds before ``now`` (default:
+    the current time). Returns how many principals it holds; on a store error the previous
+    history stays (counted as ``geo_history_errors``). Nothing without geo data."""
+    global _history
+    if _db is None:
+        return 0
+    until = now or datetime.now(timezone.utc)
+    since = until - timedelta(seconds=settings.geo_anomaly.state_ttl_s)
+    try:
+        result = await store.query("geo_history", {"since": since.isoformat(), "until": until.isoformat()})
+        _history = {str(principal): GeoHistory(float(first_s), int(located), frozenset(map(str, countries)))
+                    for principal, first_s, located, countries in result["rows"]}
+    except Exception as exc:   # the store down or failing: go on without (module docstring)
+        counters.incr("geo_history_errors")
+        log.warning("geo history not read from the store (%s: %s): learning starts over for "
+                    "principals not seen since", type(exc).__name__, exc)
+        return len(_history)
+    counters.incr("geo_history_loads")
+    log.info("geo history of %d principals read from the store", len(_history))
+    return len(_history)
 
 
 def stages() -> list[EventStage]:
@@ -69,4 +112,5 @@ def stages() -> list[EventStage]:
     without geo data."""
     if _db is None:
         return []
-    return [EventStage(LocatedGeoDetector(GeoAnomalyDetector.from_settings(settings.geo_anomaly), _db), "geo")]
+    return [EventStage(LocatedGeoDetector(GeoAnomalyDetector.from_settings(settings.geo_anomaly, history_of),
+                                          _db), "geo")]

@@ -37,7 +37,7 @@ ownership of offsets that exact state needs, which Faust's agents do not give
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiokafka.structs import ConsumerRecord
@@ -63,9 +63,11 @@ class RekeyedConsumer(CheckpointedConsumer):
     Malformed messages are counted as ``malformed_<kind>`` and skipped."""
 
     def __init__(self, kind: str, topic: str, unpack: Callable[[bytes], Batch],
-                 stages: Callable[[], list[Stage]], replay_s: float) -> None:
+                 stages: Callable[[], list[Stage]], replay_s: float,
+                 on_new_partitions: Callable[[], Awaitable[Any]] | None = None) -> None:
         super().__init__(f"{app.conf.id}-{kind}", topic, kind, replay_s, MAX_MESSAGES)
         self.unpack = unpack
+        self.on_new_partitions = on_new_partitions
         self.merged = MergedInput(kind, stages)
         self._handled: dict[int, int] = {}
 
@@ -88,6 +90,10 @@ class RekeyedConsumer(CheckpointedConsumer):
 
     def _committable(self) -> dict[int, int]:
         return self._handled
+
+    async def _before_new_partitions(self) -> None:
+        if self.on_new_partitions is not None:
+            await self.on_new_partitions()
 
     def _forget(self, partition: int) -> None:
         self.merged.forget(partition)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from detectors.geo import GeoAnomalyDetector, GeoPoint, haversine_km
+from detectors.geo import GeoAnomalyDetector, GeoHistory, GeoPoint, haversine_km
 from gatewatch import geoip
 from gatewatch.events import RequestEvent
 from gatewatch.settings import DEFAULT_ANONYMIZER_ASNS, GeoAnomalySettings, load_settings
@@ -82,6 +82,25 @@ def test_new_country_only_after_learning_and_once() -> None:
     steps += [(61 + i, LONDON) for i in range(3)]
     steps += [(120, NEW_YORK), (130, NEW_YORK), (140, PARIS)]
     assert kinds(run(det, steps)) == ["new_country"]
+
+
+def test_history_from_before_keeps_the_learning_and_the_countries() -> None:
+    """After a restart the detector starts empty; with the principal's history from before
+    (:class:`GeoHistory`, e.g. read from the store) its first request is judged as it
+    would have been without the restart."""
+    known = {"key_a": GeoHistory(first_ts=(T0 - timedelta(hours=2)).timestamp(), located_events=5,
+                                 countries=frozenset({"GB"}))}
+    det = GeoAnomalyDetector(learning_s=3600, min_learning_events=3, max_speed_kmh=1e9, history=known.get)
+    found = run(det, [(0, NEW_YORK), (1, NEW_YORK), (2, LONDON)])
+    assert kinds(found) == ["new_country"] and found[0].evidence["known_countries"] == ["GB"]
+    assert found[0].evidence["located_events"] == 5
+    forgetful = GeoAnomalyDetector(learning_s=3600, min_learning_events=3, max_speed_kmh=1e9)
+    assert run(forgetful, [(0, NEW_YORK)]) == []   # without it: learning starts over
+    det = GeoAnomalyDetector(learning_s=3600, min_learning_events=3, max_speed_kmh=1e9, history=known.get)
+    assert run(det, [(0, LONDON), (1, NEW_YORK)], principal="key_b") == []   # no history: learning
+    still_learning = {"key_a": GeoHistory(T0.timestamp() - 600, 50, frozenset({"GB"}))}
+    det = GeoAnomalyDetector(learning_s=3600, min_learning_events=3, history=still_learning.get)
+    assert run(det, [(0, NEW_YORK)]) == []
 
 
 def test_country_policy_names_the_ip() -> None:

@@ -40,7 +40,7 @@ def scenario(store):
     events = [_event(i, ATTACKER, country="RU", asn=64500) for i in range(10)]
     events += [_event(i, ATTACKER, "decision", decision_id="dec1") for i in range(10, 14)]
     events += [_event(100 + i, "198.51.100.20") for i in range(3)]
-    events += [_event(200, "2001:db8::5", login=None, principal="key-v6", auth="ok")]
+    events += [_event(200, "2001:db8::5", login=None, principal="key-v6", auth="ok", country="NL")]
     assert write_requests(store, events).inserted == len(events)
     assert write_requests(store, events[:5]).inserted == 5  # redelivery: physical duplicates
     detection = Detection(ts=T0 + timedelta(seconds=9), detector="credential_stuffing", scope="ip",
@@ -162,6 +162,25 @@ def test_declared_columns_match_the_engine(scenario) -> None:
         result = store.query(query.sql, parameters=bind_params(name, _sample_params(name)))
         assert result.result_rows, name
         assert list(result.column_names) == list(query.columns), name
+
+
+def test_geo_history_per_principal(store) -> None:
+    """The geo detector's history (streams/detect_geo.py): per principal, first located
+    request, how many, which countries; unlocated, anonymous, blocked and out-of-range
+    requests left out."""
+    def call(i: int, principal: str, country: str | None, **kw) -> RequestEvent:
+        return _event(i, "192.0.2.50", login=None, principal=principal, auth="ok" if principal else "public",
+                      country=country, **kw)
+    events = [call(5, "key-a", "FR"), call(6, "key-a", "FR"), call(7, "key-a", "DE"), call(8, "key-a", None),
+              call(9, "key-b", "US"), call(10, "", "US"), call(11, "key-c", "BR", answered_by="decision"),
+              call(4000, "key-a", "JP")]
+    assert write_requests(store, events).inserted == len(events)
+    rows = _rows(run_query(store, "geo_history", {"since": T0.isoformat(),
+                                                  "until": (T0 + timedelta(hours=1)).isoformat()}))
+    assert rows == [{"principal": "key-a", "first_s": (T0 + timedelta(seconds=5)).timestamp(), "located": 3,
+                     "countries": ["DE", "FR"]},
+                    {"principal": "key-b", "first_s": (T0 + timedelta(seconds=9)).timestamp(), "located": 1,
+                     "countries": ["US"]}]
 
 
 def test_asn_and_country_round_trip_and_may_be_missing(store) -> None:
