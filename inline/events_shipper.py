@@ -577,7 +577,13 @@ class EventShipper:
     async def _start_producer(self, spec: ShipSpec):
         from aiokafka import AIOKafkaProducer
 
-        producer = AIOKafkaProducer(bootstrap_servers=spec.bootstrap_servers, linger_ms=5,
+        # linger_ms=0: an event leaves at once (it is the first leg of the decision loop); under
+        # load the sender still batches what queued while the previous request was in flight
+        # (DESIGN.md). bench/quality.py seed 1, one run each: the harness read the threshold
+        # request's event 4.6-9.4 ms after the threshold (4.5-23.8 ms at linger 5), the fast
+        # per-IP stuffing runs had 1-4 requests answered after it (2-6); bench/gateway.py:
+        # 1170 req/s for one minimal gateway (1190 at linger 5), 1894 for two (2047).
+        producer = AIOKafkaProducer(bootstrap_servers=spec.bootstrap_servers, linger_ms=0,
                                     acks=1, enable_idempotence=False, request_timeout_ms=REQUEST_TIMEOUT_MS,
                                     client_id="gatewatch-gateway-events")
         try:
