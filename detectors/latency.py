@@ -79,7 +79,8 @@ import random
 import uuid
 from array import array
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -123,6 +124,18 @@ class _Window:
             heapq.heapreplace(self.slowest, (latency_ms, event_id))
 
 
+@dataclass(frozen=True, slots=True)
+class RaisedRegression:
+    """A regression raised before this detector started (e.g. read back from the stored
+    detections after a restart): when (``raised_at``), against which baseline
+    (``baseline_p95_ms``, ``baseline_p50_ms``), with which ``severity``."""
+
+    raised_at: datetime
+    baseline_p95_ms: float
+    baseline_p50_ms: float
+    severity: Severity
+
+
 class _Series:
     __slots__ = ("open", "closed_before", "last_s", "base_p95", "base_p50", "var_p95",
                  "learned", "bad", "good", "raised_at", "raised_baseline", "raised_severity")
@@ -149,12 +162,16 @@ class LatencyRegressionDetector:
     ``allowed_lateness_s``, ``state_ttl_s`` (s); ``min_samples``,
     ``baseline_windows``, ``bad_windows``, ``good_windows``, ``max_samples_per_window``
     (counts); ``ewma_lambda`` (0..1], ``ratio`` (> 1), ``min_increase_ms`` (ms),
-    ``sigma_limit`` (sd), ``seed``.
+    ``sigma_limit`` (sd), ``seed``. ``raised``: a lookup of the regressions raised
+    before this detector started (:class:`RaisedRegression`), or None: a series it has
+    no state for and that the lookup names starts raised, judged against the baseline
+    of that regression (its spread unknown: 0), so it is not raised twice and its
+    recovery is reported.
 
     Raises ``ValueError`` on out-of-range parameters.
     """
 
-    def __init__(self, **params: Any) -> None:
+    def __init__(self, raised: Callable[[str], RaisedRegression | None] | None = None, **params: Any) -> None:
         cfg = LatencySettings(**params)
         if cfg.window_s <= 0 or cfg.allowed_lateness_s < 0 or cfg.state_ttl_s < cfg.window_s:
             raise ValueError("need window_s > 0, allowed_lateness_s >= 0, state_ttl_s >= window_s")
@@ -168,11 +185,13 @@ class LatencyRegressionDetector:
         self._rng = random.Random(cfg.seed)
         self._series: OrderedDict[str, _Series] = OrderedDict()
         self.late_samples = 0
+        self.raised_before = raised
 
     @classmethod
-    def from_settings(cls, settings: LatencySettings) -> LatencyRegressionDetector:
-        """Build from the ``latency`` section of the settings."""
-        return cls(**settings.model_dump())
+    def from_settings(cls, settings: LatencySettings,
+                      raised: Callable[[str], RaisedRegression | None] | None = None) -> LatencyRegressionDetector:
+        """Build from the ``latency`` section of the settings (and a ``raised`` lookup)."""
+        return cls(raised=raised, **settings.model_dump())
 
     @property
     def state_size(self) -> int:
@@ -205,7 +224,7 @@ class LatencyRegressionDetector:
         re-keyed samples carry: no ``datetime`` per sample)."""
         state = self._series.get(series)
         if state is None:
-            state = self._series[series] = _Series()
+            state = self._series[series] = self._new_series(series)
         else:
             self._series.move_to_end(series)
         index = math.floor(epoch_s / self.cfg.window_s)
@@ -228,6 +247,16 @@ class LatencyRegressionDetector:
         for name in names:
             out += self._close(name, self._series[name], now)
         return out
+
+    def _new_series(self, series: str) -> _Series:
+        state = _Series()
+        before = self.raised_before(series) if self.raised_before is not None else None
+        if before is not None:
+            state.base_p95, state.base_p50 = before.baseline_p95_ms, before.baseline_p50_ms
+            state.learned = self.cfg.baseline_windows   # judged from its first window on
+            state.raised_at, state.raised_baseline = before.raised_at, before.baseline_p95_ms
+            state.raised_severity = before.severity
+        return state
 
     # -- windows -----------------------------------------------------------------------
 

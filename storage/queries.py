@@ -287,6 +287,24 @@ QUERIES: dict[str, NamedQuery] = {
             ORDER BY principal
         """,
     ),
+    "latency_raised": NamedQuery(
+        columns=("series", "raised_at", "severity", "baseline_p95_ms", "baseline_p50_ms"),
+        description=("Latency series whose last stored latency_regression detection with since <= ts < "
+                     "until is a regression (no recovery after it): when, its severity and baseline. "
+                     "The latency detector's raised routes after a restart (streams/detect_latency.py)."),
+        params={"since": _SINCE, "until": _UNTIL},
+        sql="""
+            SELECT value AS series, max(ts) AS raised_at, argMax(severity, ts) AS severity,
+                   JSONExtractFloat(argMax(evidence, ts), 'baseline_p95_ms') AS baseline_p95_ms,
+                   JSONExtractFloat(argMax(evidence, ts), 'baseline_p50_ms') AS baseline_p50_ms
+            FROM detections
+            WHERE detector = 'latency_regression' AND scope = 'route'
+              AND ts >= {since:DateTime64(3, 'UTC')} AND ts < {until:DateTime64(3, 'UTC')}
+            GROUP BY value
+            HAVING JSONExtractString(argMax(evidence, ts), 'state') = 'regression'
+            ORDER BY series
+        """,
+    ),
     "decisions_between": NamedQuery(
         columns=("id", "created_at", "expires_at", "scope", "value", "action", "reason", "detector",
                  "origin", "detection_id", "evidence"),

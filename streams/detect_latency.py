@@ -11,23 +11,33 @@ flushed up to its new watermark (:mod:`streams.merged`). Alert only: the policy
 issues no decision.
 
 After a restart the last :data:`REPLAY_S` seconds of the partition are
-replayed into a fresh detector. Exact: the open minute windows (their
-percentiles below ``max_samples_per_window``; above it the reservoir's random
-draws differ). Not exact: the baseline, the runs of bad and good windows and
-whether a route is raised — they are relearned from the replayed windows
-(``baseline_windows`` of warm-up, then ``bad_windows`` + 1 judged) instead of
-the route's whole history, so a regression raised before a restart may not get
-its recovery, or may be raised again.
+replayed into a fresh detector, and the routes raised before come back from the
+store: before by-route partitions are placed (:func:`load_raised`, the consumer's
+assignment hook) the stored detections say which series' last regression has no
+recovery after it (named query ``latency_raised``, over ``latency.state_ttl_s``);
+such a series starts raised, judged against that regression's baseline, so it is
+not raised a second time and its recovery is reported. Exact: the open minute
+windows (their percentiles below ``max_samples_per_window``; above it the
+reservoir's random draws differ) and whether a route is raised. Not exact: the
+baseline of a route that is not raised, and the runs of bad and good windows —
+relearned from the replayed windows (``baseline_windows`` of warm-up, then
+``bad_windows`` + 1 judged) instead of the route's whole history; a raised
+route's baseline spread (0: its threshold is the ratio's or the floor's). If the
+store cannot answer (counted as ``latency_raised_errors``), raised routes are
+relearned as before.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+import logging
+from datetime import datetime, timedelta, timezone
 
-from detectors.latency import LatencyRegressionDetector
+from detectors.latency import LatencyRegressionDetector, RaisedRegression
 from gatewatch.events import Detection
 from streams import counters
-from streams.app import settings
+from streams.app import settings, store
+
+log = logging.getLogger(__name__)
 
 _cfg = settings.latency
 #: Seconds of event time replayed: enough windows to relearn a baseline and judge a run of bad
@@ -35,12 +45,43 @@ _cfg = settings.latency
 REPLAY_S = _cfg.window_s * (_cfg.baseline_windows + _cfg.bad_windows + 1) + _cfg.allowed_lateness_s
 
 
+#: Series -> the regression it is in, as of the last :func:`load_raised`.
+_raised: dict[str, RaisedRegression] = {}
+
+
+def raised_of(series: str) -> RaisedRegression | None:
+    """The stored regression ``series`` is in, if any (the detectors' ``raised`` lookup)."""
+    return _raised.get(series)
+
+
+async def load_raised(now: datetime | None = None) -> int:
+    """Read from the stored detections which series are in a regression (their last one
+    within ``latency.state_ttl_s`` before ``now``, default the current time, is a regression).
+    Returns how many; on a store error the previous ones stay (``latency_raised_errors``)."""
+    global _raised
+    until = now or datetime.now(timezone.utc)
+    since = until - timedelta(seconds=_cfg.state_ttl_s)
+    try:
+        result = await store.query("latency_raised", {"since": since.isoformat(), "until": until.isoformat()})
+        _raised = {str(series): RaisedRegression(datetime.fromisoformat(str(at)), float(p95), float(p50),
+                                                 severity)
+                   for series, at, severity, p95, p50 in result["rows"]}
+    except Exception as exc:   # the store down or failing: relearn (module docstring)
+        counters.incr("latency_raised_errors")
+        log.warning("raised latency routes not read from the store (%s: %s)", type(exc).__name__, exc)
+        return len(_raised)
+    counters.incr("latency_raised_loads")
+    if _raised:
+        log.info("latency: %d route(s) raised before the start: %s", len(_raised), sorted(_raised))
+    return len(_raised)
+
+
 class LatencyStage:
     """The detector of one by-route partition as a stage: samples
     ``(series, epoch_s, latency_ms, event_id)`` are added, windows judged on the watermark."""
 
     def __init__(self) -> None:
-        self.detector = LatencyRegressionDetector.from_settings(_cfg)
+        self.detector = LatencyRegressionDetector.from_settings(_cfg, raised_of)
 
     def process(self, items: list[tuple[str, float, float, str]], now: datetime) -> list[Detection]:
         add = self.detector.add_at

@@ -54,6 +54,16 @@ def scenario(store):
     return store, events, detection, decision
 
 
+def test_declared_columns_of_latency_raised_match_the_engine(store) -> None:
+    """(Left out of the scenario below: its one detection is credential stuffing's.)"""
+    write_detections(store, [Detection(ts=T0, detector="latency_regression", scope="route", value="GET /a",
+                                       summary="s", evidence={"state": "regression", "baseline_p95_ms": 1.0,
+                                                              "baseline_p50_ms": 1.0})])
+    result = store.query(QUERIES["latency_raised"].sql, parameters=bind_params("latency_raised",
+                                                                               _sample_params("latency_raised")))
+    assert result.result_rows and list(result.column_names) == list(QUERIES["latency_raised"].columns)
+
+
 def test_table_counts_are_deduplicated(scenario) -> None:
     store, events, _, _ = scenario
     counts = {r["table"]: r["rows"] for r in _rows(run_query(store, "table_counts", {}))}
@@ -159,6 +169,8 @@ def test_every_named_query_runs_on_an_empty_store(store) -> None:
 def test_declared_columns_match_the_engine(scenario) -> None:
     store = scenario[0]
     for name, query in QUERIES.items():
+        if name == "latency_raised":
+            continue   # its own test above
         result = store.query(query.sql, parameters=bind_params(name, _sample_params(name)))
         assert result.result_rows, name
         assert list(result.column_names) == list(query.columns), name
@@ -181,6 +193,21 @@ def test_geo_history_per_principal(store) -> None:
                      "countries": ["DE", "FR"]},
                     {"principal": "key-b", "first_s": (T0 + timedelta(seconds=9)).timestamp(), "located": 1,
                      "countries": ["US"]}]
+
+
+def test_latency_raised_names_series_whose_last_detection_is_a_regression(store) -> None:
+    def latency(minute: int, series: str, state: str, baseline: float) -> Detection:
+        return Detection(ts=T0 + timedelta(minutes=minute), detector="latency_regression", scope="route",
+                         value=series, severity="high" if state == "regression" else "low", summary="s",
+                         evidence={"state": state, "baseline_p95_ms": baseline, "baseline_p50_ms": baseline / 2})
+    write_detections(store, [latency(1, "GET /a", "regression", 20.0), latency(9, "GET /a", "recovered", 20.0),
+                             latency(2, "GET /b", "regression", 30.0), latency(3, "GET /c", "recovered", 9.0),
+                             latency(4, "GET /c", "regression", 40.0), latency(5, "GET /c", "regression", 40.0)])
+    rows = _rows(run_query(store, "latency_raised", {"since": T0.isoformat(),
+                                                     "until": (T0 + timedelta(hours=1)).isoformat()}))
+    assert [(r["series"], r["severity"], r["baseline_p95_ms"], r["baseline_p50_ms"]) for r in rows] == [
+        ("GET /b", "high", 30.0, 15.0), ("GET /c", "high", 40.0, 20.0)]
+    assert rows[0]["raised_at"].startswith((T0 + timedelta(minutes=2)).strftime("%Y-%m-%d"))
 
 
 def test_asn_and_country_round_trip_and_may_be_missing(store) -> None:
