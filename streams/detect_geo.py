@@ -31,6 +31,7 @@ over, as before. :data:`REPLAY_S` is 0: geo adds nothing to the span.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import datetime, timedelta, timezone
 
@@ -74,6 +75,8 @@ def _open_geo() -> GeoIp | None:
 #: Seconds of event time geo needs replayed: none (see the module docstring).
 REPLAY_S = 0.0
 _db = _open_geo()
+#: Longest wait for the store's answer, s: it runs while the group's assignment is handled.
+STORE_READ_TIMEOUT_S = 20.0
 #: Principal -> its history in the store, as of the last :func:`load_history`.
 _history: dict[str, GeoHistory] = {}
 
@@ -94,7 +97,8 @@ async def load_history(now: datetime | None = None) -> int:
     until = now or datetime.now(timezone.utc)
     since = until - timedelta(seconds=settings.geo_anomaly.state_ttl_s)
     try:
-        result = await store.query("geo_history", {"since": since.isoformat(), "until": until.isoformat()})
+        result = await asyncio.wait_for(
+            store.query("geo_history", {"since": since.isoformat(), "until": until.isoformat()}), STORE_READ_TIMEOUT_S)
         _history = {str(principal): GeoHistory(float(first_s), int(located), frozenset(map(str, countries)))
                     for principal, first_s, located, countries in result["rows"]}
     except Exception as exc:   # the store down or failing: go on without (module docstring)

@@ -29,6 +29,7 @@ relearned as before.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import datetime, timedelta, timezone
 
@@ -45,6 +46,8 @@ _cfg = settings.latency
 REPLAY_S = _cfg.window_s * (_cfg.baseline_windows + _cfg.bad_windows + 1) + _cfg.allowed_lateness_s
 
 
+#: Longest wait for the store's answer, s: it runs while the group's assignment is handled.
+STORE_READ_TIMEOUT_S = 20.0
 #: Series -> the regression it is in, as of the last :func:`load_raised`.
 _raised: dict[str, RaisedRegression] = {}
 
@@ -62,7 +65,8 @@ async def load_raised(now: datetime | None = None) -> int:
     until = now or datetime.now(timezone.utc)
     since = until - timedelta(seconds=_cfg.state_ttl_s)
     try:
-        result = await store.query("latency_raised", {"since": since.isoformat(), "until": until.isoformat()})
+        result = await asyncio.wait_for(
+            store.query("latency_raised", {"since": since.isoformat(), "until": until.isoformat()}), STORE_READ_TIMEOUT_S)
         _raised = {str(series): RaisedRegression(datetime.fromisoformat(str(at)), float(p95), float(p50),
                                                  severity)
                    for series, at, severity, p95, p50 in result["rows"]}
