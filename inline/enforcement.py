@@ -62,8 +62,8 @@ drain the account's budget. That is why it is off by default; a ``challenge``
 separates them (people solve it, attack tools do not). The buckets live in each
 gateway process: N gateways allow N times the limit.
 
-When several decisions match, a ban wins over a challenge, a challenge over a throttle. Allow-listed
-clients (:mod:`inline.lists`) are never blocked or throttled.
+When several decisions match, a ban wins over a challenge, a challenge over a
+throttle. Allow-listed clients (:mod:`inline.lists`) are never blocked or throttled.
 
 Allow entries (``gatewatch allowlist``): messages keyed ``allow:scope:value``
 with action ``allow`` (scopes ``ip``, ``prefix``, ``principal``, ``asn``,
@@ -190,7 +190,8 @@ class Enforcement:
     ``gatewatch_fetch_max_wait_ms``, ``gatewatch_decisions_fail_open``,
     ``gatewatch_decision_prefix_v4``/``_v6``, ``gatewatch_throttle_rate_limit``,
     ``gatewatch_username_throttle_rate_limit``,
-    ``gatewatch_challenge_hmac_key``/``_cost``/``_ttl_s``, ``gatewatch_geo_lookup``, ``gatewatch_decision_signing_key``/``_kid``,
+    ``gatewatch_challenge_hmac_key``/``_cost``/``_ttl_s``, ``gatewatch_geo_lookup``,
+    ``gatewatch_decision_signing_key``/``_kid``,
     ``gatewatch_decision_verify_keys`` (JSON ``{kid: secret}``),
     ``gatewatch_decision_signing_required``. Runs before authentication refuses (the
     principal is identified in ``requestheaders``), so banned clients learn

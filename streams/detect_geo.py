@@ -22,8 +22,9 @@ After a restart a principal's history comes back from two places:
 Not exact: the countries in the store are the gateway's (the DB-IP country file),
 the detector's come from the city file (both from one ``gatewatch geo install``,
 the same source); a request stored twice, or both stored and replayed (the
-replay span's requests are in both), counts twice towards ``min_learning_events``; a principal whose last located request is older than the
-replay span has no place to travel from until its next one; the store keeps what
+replay span's requests are in both), counts twice towards
+``min_learning_events``; a principal whose last located request is older than
+the replay span has no place to travel from until its next one; the store keeps what
 ``requests_ttl_days`` keeps. If the store cannot answer (counted as
 ``geo_history_errors``), detection goes on without the history: learning starts
 over, as before. :data:`REPLAY_S` is 0: geo adds nothing to the span.
@@ -31,9 +32,8 @@ over, as before. :data:`REPLAY_S` is 0: geo adds nothing to the span.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 
 from detectors.geo import GeoAnomalyDetector, GeoHistory, GeoPoint
 from gatewatch.events import Detection, ObservedRequest
@@ -94,13 +94,10 @@ async def load_history(now: datetime | None = None) -> int:
     global _history
     if _db is None:
         return 0
-    until = now or datetime.now(timezone.utc)
-    since = until - timedelta(seconds=settings.geo_anomaly.state_ttl_s)
     try:
-        result = await asyncio.wait_for(
-            store.query("geo_history", {"since": since.isoformat(), "until": until.isoformat()}), STORE_READ_TIMEOUT_S)
+        rows = await store.query_last("geo_history", settings.geo_anomaly.state_ttl_s, STORE_READ_TIMEOUT_S, now)
         _history = {str(principal): GeoHistory(float(first_s), int(located), frozenset(map(str, countries)))
-                    for principal, first_s, located, countries in result["rows"]}
+                    for principal, first_s, located, countries in rows}
     except Exception as exc:   # the store down or failing: go on without (module docstring)
         counters.incr("geo_history_errors")
         log.warning("geo history not read from the store (%s: %s): learning starts over for "

@@ -29,9 +29,8 @@ relearned as before.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 
 from detectors.latency import LatencyRegressionDetector, RaisedRegression
 from gatewatch.events import Detection
@@ -62,14 +61,11 @@ async def load_raised(now: datetime | None = None) -> int:
     within ``latency.state_ttl_s`` before ``now``, default the current time, is a regression).
     Returns how many; on a store error the previous ones stay (``latency_raised_errors``)."""
     global _raised
-    until = now or datetime.now(timezone.utc)
-    since = until - timedelta(seconds=_cfg.state_ttl_s)
     try:
-        result = await asyncio.wait_for(
-            store.query("latency_raised", {"since": since.isoformat(), "until": until.isoformat()}), STORE_READ_TIMEOUT_S)
+        rows = await store.query_last("latency_raised", _cfg.state_ttl_s, STORE_READ_TIMEOUT_S, now)
         _raised = {str(series): RaisedRegression(datetime.fromisoformat(str(at)), float(p95), float(p50),
                                                  severity)
-                   for series, at, severity, p95, p50 in result["rows"]}
+                   for series, at, severity, p95, p50 in rows}
     except Exception as exc:   # the store down or failing: relearn (module docstring)
         counters.incr("latency_raised_errors")
         log.warning("raised latency routes not read from the store (%s: %s)", type(exc).__name__, exc)

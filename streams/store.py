@@ -27,6 +27,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 
 from gatewatch.events import Decision, Detection
@@ -160,3 +161,12 @@ class Store:
     async def query(self, name: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Run a named query (see :func:`storage.queries.run_query`) in the store process."""
         return await self._call(store_process.query, name, dict(params) if params is not None else None)
+
+    async def query_last(self, name: str, span_s: float, timeout_s: float,
+                         now: datetime | None = None) -> list[list[Any]]:
+        """The rows of named query ``name`` over the ``span_s`` seconds before ``now``
+        (default: the current time; its ``since``/``until`` parameters), waiting at most
+        ``timeout_s`` seconds (``asyncio.TimeoutError`` beyond; store errors propagate)."""
+        until = now or datetime.now(timezone.utc)
+        window = {"since": (until - timedelta(seconds=span_s)).isoformat(), "until": until.isoformat()}
+        return (await asyncio.wait_for(self.query(name, window), timeout_s))["rows"]
