@@ -17,7 +17,9 @@ What it does, on this machine, 127.0.0.1 only:
    a bulk owner, an unchecked documents route, latency control), a Tansu
    broker, the Faust worker with chDB, the gateway; the traffic is played
    through the gateway (:mod:`bench.quality_client`) while a follower of the
-   detections and decisions topics notes when each arrives.
+   detections and decisions topics notes when each arrives, and a probe in its own
+   process (:mod:`bench.broker_probe`) measures the broker's own hop every 50 ms
+   (``broker_probe`` in the results: median and p90 per 10 s of traffic).
 3. **Read back** after the run through the worker's read API
    (:class:`gatewatch.store_reader.StoreReader`, named queries): every stored
    request, detection and decision.
@@ -70,6 +72,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `bench.*` whe
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from bench import broker_probe  # noqa: E402
 from bench.pipeline import cpu_s  # noqa: E402
 from bench.quality_actors import Scenario, build_scenario  # noqa: E402
 from bench.quality_addresses import AddressBook  # noqa: E402
@@ -89,6 +92,8 @@ LATENCY_WINDOW_S = 10.0
 SETTLE_S = 3.0
 #: Fetch wait of the harness's topic followers (ms); Tansu does not wake a waiting fetch.
 FOLLOWER_FETCH_WAIT_MS = 5
+#: The broker probe's output, in the run directory.
+PROBE_FILE = "broker-probe.jsonl"
 
 
 def harness_settings(run_dir: Path, overrides: dict[str, Any] | None = None) -> GatewatchSettings:
@@ -190,12 +195,21 @@ async def drive(stack: Stack, scenario: Scenario, api_keys: dict[str, str],
     followers = [asyncio.create_task(watch.run()),
                  asyncio.create_task(follow_requests(stack.settings, watch.seen_at, created_at,
                                                    FOLLOWER_FETCH_WAIT_MS))]
+    # The broker's own hop, apart from gatewatch's code (bench/broker_probe.py), in its own process.
+    probe = subprocess.Popen([sys.executable, "-m", "bench.broker_probe", stack.settings.bootstrap_servers,
+                              str(stack.run_dir / PROBE_FILE), str(scenario.duration_s)],
+                             cwd=Path(__file__).resolve().parent.parent, stdout=subprocess.DEVNULL,
+                             stderr=open(stack.run_dir / "broker-probe.log", "ab"))
     try:
         meter = CpuMeter(stack)
         log = await Player(stack.gateway_url, stack.part("sample-api").address, api_keys).play(scenario)
         cores = meter.stop()
         await asyncio.sleep(SETTLE_S)
     finally:
+        try:
+            probe.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            probe.kill()
         for follower in followers:
             follower.cancel()
         await asyncio.gather(*followers, return_exceptions=True)
@@ -255,6 +269,7 @@ def run(seed: int, duration_s: float, run_dir: Path, console: Console,
         "topic_follower": {"detections": watch.detections, "decisions": watch.decisions_seen,
                            "malformed": watch.malformed, "unsigned": watch.unsigned},
         "latency_changes": [{"actor": a, "at": t, "ms": ms} for a, t, ms in log.latency_changes],
+        "broker_probe": broker_probe.summarize(broker_probe.read_lines(run_dir / PROBE_FILE)),
         **report,
         "actors": [{"name": a.name, "kind": a.kind, "attack": a.attack, "response": a.response,
                     "detectors": sorted(a.detectors), "requests_planned": sum(len(s.steps) for s in a.scripts),
@@ -332,6 +347,10 @@ def print_tables(results: dict[str, Any], console: Console) -> None:
     console.print(f"load average before/after: {m['loadavg_before']} / {m['loadavg_after']} "
                   f"({m['cpus']} cores, shared); cores used during the traffic: {m['cores_used_during_traffic']}")
     console.print(f"totals: {results['totals']}")
+    probe = results.get("broker_probe") or []
+    if probe:
+        console.print("broker hop (bench/broker_probe.py; ms, median/p90 per 10 s of traffic): "
+                      + " ".join(f"{b['hop_ms_median']:g}/{b['hop_ms_p90']:g}" for b in probe))
 
 
 def main(argv: list[str] | None = None) -> None:

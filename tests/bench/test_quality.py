@@ -15,6 +15,7 @@ import math
 
 import pytest
 
+from bench.broker_probe import summarize as summarize_probe
 from bench.quality_actors import (BULK_USER, DISTRIBUTED_ATTEMPTS_PER_IP, DISTRIBUTED_IPS, FAST_RATE_PER_S,
                                   NAT_USERS, Actor, build_scenario, prefix_of)
 from bench.quality_addresses import Address
@@ -209,3 +210,12 @@ def test_median_counts_missing_as_infinite() -> None:
     assert median_or_inf([10.0, None, None]) == math.inf
     assert median_or_inf([10.0, 30.0, None]) == 30.0
     assert median_or_inf([]) is None
+
+
+def test_broker_probe_summary_per_ten_seconds() -> None:
+    lines = [{"t": T0 + i * 0.5, "ack_ms": 1.0, "hop_ms": float(i % 10)} for i in range(40)]   # 20 s
+    first, second = summarize_probe(lines)
+    assert (first["from_s"], first["n"], second["from_s"], second["n"]) == (0.0, 20, 10.0, 20)
+    assert (first["hop_ms_median"], first["hop_ms_p90"], first["hop_ms_max"]) == (4.5, 8.0, 9.0)
+    assert first["ack_ms_median"] == first["ack_ms_p90"] == 1.0
+    assert summarize_probe([]) == []
