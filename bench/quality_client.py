@@ -13,7 +13,8 @@ Each answer becomes an :class:`Outcome`: wall-clock send and receive times
 machine), status, whether a decision answered it (``ban``: 403 with
 ``{"error": "blocked"}``; ``throttle``: 429 naming a throttle decision;
 ``challenge``: 403 with ``{"error": "challenge_required"}``), the gateway's
-``X-Request-Id`` (the event id in the store), and whether a 200 returned an object of another owner than the script's user (a foreign object).
+``X-Request-Id`` (the event id in the store), and whether a 200 returned an
+object of another owner than the script's user (a foreign object).
 A benign actor answered a challenge solves it (as the ALTCHA widget or an SDK
 would, off the event loop) and sends the request again once, with the solution;
 attack tools do not solve challenges.

@@ -152,8 +152,9 @@ def principal_key(event: RequestEvent) -> bytes:
 def principal_row(event: RequestEvent, epoch_s: float | None = None) -> list[Any]:
     """The by-principal row of ``event`` (:data:`PRINCIPAL_COLUMNS`); ``epoch_s`` is its
     ``ts`` as epoch seconds when the caller has it already."""
-    return [event.event_id, event.ts.timestamp() if epoch_s is None else epoch_s, event.client_ip, event.method, event.host, event.path,
-            event.route, event.status, event.principal, event.country, event.asn]
+    return [event.event_id, event.ts.timestamp() if epoch_s is None else epoch_s, event.client_ip,
+            event.method, event.host, event.path, event.route, event.status, event.principal, event.country,
+            event.asn]
 
 
 def sort_event(out: Rekeyed, event: RequestEvent, raw: bytes, origin: tuple[int, int] | None = None) -> None:
