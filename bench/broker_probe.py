@@ -1,4 +1,4 @@
-"""The broker's own latency while a benchmark runs: a producer and a consumer on a topic of
+"""The broker's own latency while a benchmark runs: a producer and a consumer on topics of
 their own, in a process of their own.
 
 Every :data:`INTERVAL_S` the probe sends one message (aiokafka, ``linger_ms=0``) and
@@ -7,6 +7,11 @@ consumer (``fetch_max_wait_ms`` = :data:`FETCH_WAIT_MS`, no group, assigned part
 read it (``hop_ms``): one broker hop, the unit the decision loop is made of, measured
 apart from gatewatch's code. One JSON line per message goes to the output file;
 :func:`summarize` turns the lines into per-interval medians and p90s.
+
+The probe moves to a new topic every :data:`TOPIC_EVERY_S` seconds. Tansu 0.6's ``memory://`` engine reads a partition in time that grows with the
+batches the partition holds (``bench/broker_growth.py``: ~1 ms a hop per 1,000
+one-record batches); a probe on one topic for the whole run (~3,000 batches) would
+measure its own topic's growth, not the broker's load.
 
 Run: ``python -m bench.broker_probe BOOTSTRAP OUT.jsonl SECONDS`` (``bench/quality.py``
 starts it for the traffic's length). The probe adds ~20 produce and ≤ 200 fetch
@@ -27,8 +32,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
-#: The probe's topic (one partition).
+#: The probe's topics (one partition each): this prefix and a number.
 TOPIC = "gatewatch.bench.probe"
+#: Seconds on one topic before the probe moves to the next.
+TOPIC_EVERY_S = 10.0
 #: Seconds between two probe messages.
 INTERVAL_S = 0.05
 #: The consumer's longest fetch wait, ms (as the quality harness's followers).
@@ -39,12 +46,6 @@ async def probe(bootstrap: str, out: Path, duration_s: float) -> None:
     """Send and read probe messages for ``duration_s`` seconds; one JSON line per message
     read, ``{"t": epoch s sent, "ack_ms": ..., "hop_ms": ...}``, appended to ``out``."""
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    try:
-        admin.create_topics([NewTopic(TOPIC, 1, 1)])
-    except TopicAlreadyExistsError:
-        pass
-    finally:
-        admin.close()
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, fetch_max_wait_ms=FETCH_WAIT_MS,
                                 enable_auto_commit=False)
@@ -52,9 +53,6 @@ async def probe(bootstrap: str, out: Path, duration_s: float) -> None:
     await consumer.start()
     sent: dict[bytes, tuple[float, float]] = {}   # value -> (sent at epoch s, ack ms)
     read_at: dict[bytes, float] = {}               # value -> read at epoch s
-    tp = TopicPartition(TOPIC, 0)
-    consumer.assign([tp])
-    consumer.seek(tp, 0)   # never "latest" on Tansu (DESIGN.md)
 
     async def read() -> None:
         while True:
@@ -70,13 +68,23 @@ async def probe(bootstrap: str, out: Path, duration_s: float) -> None:
         f.flush()
 
     reader = asyncio.create_task(read())
+    topic, number = "", 0
     try:
         with out.open("a") as f:
-            deadline = time.monotonic() + duration_s
-            while time.monotonic() < deadline:
+            start = time.monotonic()
+            while time.monotonic() - start < duration_s:
+                if not topic or time.monotonic() - start >= number * TOPIC_EVERY_S:
+                    await asyncio.sleep(0.5)   # the last ones of the topic before
+                    write(f)
+                    topic = f"{TOPIC}.{number}"
+                    await asyncio.to_thread(_create_topic, admin, topic)
+                    tp = TopicPartition(topic, 0)
+                    consumer.assign([tp])
+                    consumer.seek(tp, 0)   # never "latest" on Tansu (DESIGN.md)
+                    number += 1
                 value = repr(time.time()).encode()
                 t = time.time()
-                await producer.send_and_wait(TOPIC, value)
+                await producer.send_and_wait(topic, value)
                 sent[value] = (t, (time.time() - t) * 1000)
                 write(f)
                 await asyncio.sleep(INTERVAL_S)
@@ -86,6 +94,15 @@ async def probe(bootstrap: str, out: Path, duration_s: float) -> None:
         reader.cancel()
         await producer.stop()
         await consumer.stop()
+        admin.close()
+
+
+def _create_topic(admin: KafkaAdminClient, topic: str) -> None:
+    """Create ``topic`` with one partition (if it is not there yet)."""
+    try:
+        admin.create_topics([NewTopic(topic, 1, 1)])
+    except TopicAlreadyExistsError:
+        pass
 
 
 def summarize(lines: list[dict[str, float]], bucket_s: float = 10.0) -> list[dict[str, Any]]:

@@ -19,7 +19,11 @@ What it does, on this machine, 127.0.0.1 only:
    through the gateway (:mod:`bench.quality_client`) while a follower of the
    detections and decisions topics notes when each arrives, and a probe in its own
    process (:mod:`bench.broker_probe`) measures the broker's own hop every 50 ms
-   (``broker_probe`` in the results: median and p90 per 10 s of traffic).
+   (``broker_probe`` in the results: median and p90 per 10 s of traffic). The request
+   events' Kafka timestamps are read once after the traffic; ``--follow-requests``
+   follows the request topic live instead, which adds the "event seen" leg and
+   costs the broker ~0.1 of a core (seed 1: 0.52–0.54 cores with it, 0.43 without;
+   Tansu reads cost more the fuller the partition, ``bench/broker_growth.py``).
 3. **Read back** after the run through the worker's read API
    (:class:`gatewatch.store_reader.StoreReader`, named queries): every stored
    request, detection and decision.
@@ -44,7 +48,7 @@ benign actors blocked, median time from threshold crossing to enforced 403 ≤
 after the threshold is crossed.
 
 Run: ``.venv/bin/python bench/quality.py [--seed 1] [--duration 160]
-[--set fetch_max_wait_ms=5]`` (about 3 minutes: ~15 s start-up, the traffic,
+[--set fetch_max_wait_ms=5] [--follow-requests]`` (about 3 minutes: ~15 s start-up, the traffic,
 ~15 s to drain and read; ``--set`` overrides a settings field for the whole
 stack, recorded in the results). The machine's load average and the cores each
 part used during the traffic are recorded: figures taken on a shared machine
@@ -76,7 +80,7 @@ from bench import broker_probe  # noqa: E402
 from bench.pipeline import cpu_s  # noqa: E402
 from bench.quality_actors import Scenario, build_scenario  # noqa: E402
 from bench.quality_addresses import AddressBook  # noqa: E402
-from bench.quality_client import PlayLog, Player, follow_requests  # noqa: E402
+from bench.quality_client import PlayLog, Player, follow_requests, request_times  # noqa: E402
 from bench.quality_scoring import (StoredDecision, StoredDetection, StoredRequest,  # noqa: E402
                                    score)
 from gatewatch.demo import TopicWatch  # noqa: E402
@@ -185,16 +189,18 @@ def read_store(reader: StoreReader, since: float, until: float) -> tuple[
     return stored, detections, decisions
 
 
-async def drive(stack: Stack, scenario: Scenario, api_keys: dict[str, str],
-                created_at: dict[str, float]) -> tuple[PlayLog, TopicWatch, dict[str, float]]:
-    """Play the scenario through the gateway while following the request, detection and decision
-    topics (arrivals in the follower's ``seen_at``, request events' Kafka timestamps in
-    ``created_at``); return the client log, the follower and the CPU used during the traffic."""
+async def drive(stack: Stack, scenario: Scenario, api_keys: dict[str, str], created_at: dict[str, float],
+                live_requests: bool = False) -> tuple[PlayLog, TopicWatch, dict[str, float]]:
+    """Play the scenario through the gateway while following the detection and decision
+    topics (arrivals in the follower's ``seen_at``) and, with ``live_requests``, the request
+    topic too; request events' Kafka timestamps go to ``created_at``. Return the client log,
+    the follower and the CPU used during the traffic."""
     # The followers are measuring instruments: a 5 ms fetch wait keeps their own delay small.
     watch = TopicWatch(stack.settings.model_copy(update={"fetch_max_wait_ms": FOLLOWER_FETCH_WAIT_MS}))
-    followers = [asyncio.create_task(watch.run()),
-                 asyncio.create_task(follow_requests(stack.settings, watch.seen_at, created_at,
-                                                   FOLLOWER_FETCH_WAIT_MS))]
+    followers = [asyncio.create_task(watch.run())]
+    if live_requests:
+        followers.append(asyncio.create_task(follow_requests(stack.settings, watch.seen_at, created_at,
+                                                             FOLLOWER_FETCH_WAIT_MS)))
     # The broker's own hop, apart from gatewatch's code (bench/broker_probe.py), in its own process.
     probe = subprocess.Popen([sys.executable, "-m", "bench.broker_probe", stack.settings.bootstrap_servers,
                               str(stack.run_dir / PROBE_FILE), str(scenario.duration_s)],
@@ -213,12 +219,15 @@ async def drive(stack: Stack, scenario: Scenario, api_keys: dict[str, str],
         for follower in followers:
             follower.cancel()
         await asyncio.gather(*followers, return_exceptions=True)
+    if not live_requests:
+        created_at.update(await request_times(stack.settings))
     return log, watch, cores
 
 
 def run(seed: int, duration_s: float, run_dir: Path, console: Console,
-        overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """One full run; returns the results document (also what is written to RESULTS)."""
+        overrides: dict[str, Any] | None = None, live_requests: bool = False) -> dict[str, Any]:
+    """One full run (``live_requests``: follow the request topic during the traffic, see the
+    module docstring); returns the results document (also what is written to RESULTS)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     settings = harness_settings(run_dir, overrides)
     t_plan = time.monotonic()
@@ -239,7 +248,7 @@ def run(seed: int, duration_s: float, run_dir: Path, console: Console,
     try:
         console.print(f"stack ready in {time.monotonic() - t0:.1f} s; playing the traffic")
         created_at: dict[str, float] = {}
-        log, watch, cores = asyncio.run(drive(stack, scenario, api_keys, created_at))
+        log, watch, cores = asyncio.run(drive(stack, scenario, api_keys, created_at, live_requests))
         load_after = os.getloadavg()
         reader = StoreReader(stack.settings)
         with_id = sum(1 for o in log.outcomes if o.request_id)
@@ -264,7 +273,9 @@ def run(seed: int, duration_s: float, run_dir: Path, console: Console,
                      "credential_stuffing": settings.credential_stuffing.model_dump(),
                      "bola": settings.bola.model_dump(), "geo_anomaly": settings.geo_anomaly.model_dump(),
                      "ip_rate_limit": settings.ip_rate_limit.model_dump(),
-                     "fetch_max_wait_ms": settings.fetch_max_wait_ms},
+                     "fetch_max_wait_ms": settings.fetch_max_wait_ms,
+                     "requests_partitions": settings.requests_partitions},
+        "request_topic_followed_live": live_requests,
         "stored_requests_seen_by_wait": stored_count,
         "topic_follower": {"detections": watch.detections, "decisions": watch.decisions_seen,
                            "malformed": watch.malformed, "unsigned": watch.unsigned},
@@ -355,7 +366,7 @@ def print_tables(results: dict[str, Any], console: Console) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Command line: ``bench/quality.py [--seed N] [--duration S] [--run-dir DIR] [--results FILE]
-    [--set NAME=VALUE ...]``."""
+    [--set NAME=VALUE ...] [--follow-requests]``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--duration", type=float, default=160.0, help="seconds of traffic (at least 60)")
@@ -363,10 +374,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="override a settings field for the stack (JSON value), e.g. fetch_max_wait_ms=5")
+    parser.add_argument("--follow-requests", action="store_true",
+                        help="follow the request topic live (adds the 'event seen' leg; costs the broker CPU)")
     args = parser.parse_args(argv)
     console = Console(width=max(Console().width, 240))
     run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix=f"gatewatch-quality-{args.seed}-"))
-    results = run(args.seed, args.duration, run_dir, console, parse_set(args.set))
+    results = run(args.seed, args.duration, run_dir, console, parse_set(args.set), args.follow_requests)
     print_tables(results, console)
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(results, indent=1, default=str))

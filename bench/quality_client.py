@@ -212,6 +212,37 @@ class Player:
             self.log.latency_changes.append((actor.name, time.time(), ms))
 
 
+async def request_times(settings: GatewatchSettings, timeout_s: float = 60.0) -> dict[str, float]:
+    """The Kafka timestamp (epoch s; CreateTime, set when the gateway handed the event to its
+    producer) of every request event in ``settings.topic_requests``, by event id: every
+    partition read once from its beginning up to the high watermark that the fetches
+    return (Tansu's "latest offset" is not the end, DESIGN.md). Malformed records are
+    skipped. Raises ``TimeoutError`` if the partitions are not read within ``timeout_s``."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False)
+    await consumer.start()
+    created: dict[str, float] = {}
+    try:
+        parts = [TopicPartition(settings.topic_requests, p) for p in range(settings.requests_partitions)]
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            for records in (await consumer.getmany(timeout_ms=200, max_records=5000)).values():
+                for msg in records:
+                    try:
+                        created.setdefault(parse_request_event(msg.value).event_id, msg.timestamp / 1000.0)
+                    except MalformedRecord:
+                        pass
+            behind = [tp for tp in parts
+                      if consumer.highwater(tp) is None or await consumer.position(tp) < consumer.highwater(tp)]
+            if not behind:
+                return created
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{settings.topic_requests} not read to its end in {timeout_s} s")
+    finally:
+        await consumer.stop()
+
+
 async def follow_requests(settings: GatewatchSettings, seen_at: dict[str, float], created_at: dict[str, float],
                           fetch_max_wait_ms: int = 5) -> int:
     """Until cancelled, note in ``seen_at`` the wall-clock time (``time.time()``) at which

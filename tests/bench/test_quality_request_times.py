@@ -1,0 +1,48 @@
+"""The quality harness's read of request-event timestamps after the traffic, on a real broker:
+``bench.quality_client.request_times`` reads every partition once, to the high watermark
+its fetches return, skipping a malformed record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import datetime, timezone
+
+from aiokafka import AIOKafkaProducer
+
+from bench.quality_client import request_times
+from gatewatch.events import RequestEvent
+from gatewatch.settings import GatewatchSettings
+
+T0 = datetime(2026, 11, 21, 12, 0, tzinfo=timezone.utc)
+
+
+async def _send(settings: GatewatchSettings, count: int) -> set[str]:
+    """``count`` request events over every partition in batches (linger 50 ms) plus one
+    malformed record; the event ids."""
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=50)
+    await producer.start()
+    try:
+        sent = {}
+        for i in range(count):
+            event = RequestEvent(event_id=f"ev{i}", ts=T0, client_ip="203.0.113.7", method="GET", host="api",
+                                 path=f"/items/{i}", route="/items/{id}", status=200)
+            sent[event.event_id] = await producer.send(settings.topic_requests, event.model_dump_json().encode(),
+                                                       partition=i % settings.requests_partitions)
+        malformed = await producer.send(settings.topic_requests, b"{not json", partition=0)
+        await asyncio.gather(*sent.values(), malformed)
+        return set(sent)
+    finally:
+        await producer.stop()
+
+
+def test_request_times_reads_every_partition_to_its_end(settings: GatewatchSettings) -> None:
+    before = time.time()
+    sent = asyncio.run(_send(settings, 403))
+    after = time.time()
+    assert settings.requests_partitions > 1
+    created = asyncio.run(request_times(settings, timeout_s=30.0))
+    assert set(created) == sent   # every event, the malformed record skipped
+    # CreateTime, set by the producer while sending (ms resolution)
+    assert all(before - 0.001 <= ts <= after + 0.001 for ts in created.values())
