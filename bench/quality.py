@@ -80,7 +80,7 @@ from bench import broker_probe  # noqa: E402
 from bench.pipeline import cpu_s  # noqa: E402
 from bench.quality_actors import Scenario, build_scenario  # noqa: E402
 from bench.quality_addresses import AddressBook  # noqa: E402
-from bench.quality_client import PlayLog, Player, follow_requests, request_times  # noqa: E402
+from bench.quality_client import PlayLog, Player, follow_requests, request_times, topic_records  # noqa: E402
 from bench.quality_scoring import (StoredDecision, StoredDetection, StoredRequest,  # noqa: E402
                                    score)
 from gatewatch.demo import TopicWatch  # noqa: E402
@@ -250,6 +250,7 @@ def run(seed: int, duration_s: float, run_dir: Path, console: Console,
         created_at: dict[str, float] = {}
         log, watch, cores = asyncio.run(drive(stack, scenario, api_keys, created_at, live_requests))
         load_after = os.getloadavg()
+        records = topic_records(stack.settings)
         reader = StoreReader(stack.settings)
         with_id = sum(1 for o in log.outcomes if o.request_id)
         stored_count = reader.worker.wait_for_requests(with_id, timeout_s=60.0)
@@ -277,6 +278,7 @@ def run(seed: int, duration_s: float, run_dir: Path, console: Console,
                      "requests_partitions": settings.requests_partitions},
         "request_topic_followed_live": live_requests,
         "stored_requests_seen_by_wait": stored_count,
+        "topic_records_after_traffic": records,
         "topic_follower": {"detections": watch.detections, "decisions": watch.decisions_seen,
                            "malformed": watch.malformed, "unsigned": watch.unsigned},
         "latency_changes": [{"actor": a, "at": t, "ms": ms} for a, t, ms in log.latency_changes],
@@ -358,6 +360,10 @@ def print_tables(results: dict[str, Any], console: Console) -> None:
     console.print(f"load average before/after: {m['loadavg_before']} / {m['loadavg_after']} "
                   f"({m['cpus']} cores, shared); cores used during the traffic: {m['cores_used_during_traffic']}")
     console.print(f"totals: {results['totals']}")
+    records = results.get("topic_records_after_traffic") or {}
+    if records:
+        console.print("records per partition after the traffic: "
+                      + "; ".join(f"{topic} {sum(ends):,} ({'/'.join(map(str, ends))})" for topic, ends in records.items()))
     probe = results.get("broker_probe") or []
     if probe:
         console.print("broker hop (bench/broker_probe.py; ms, median/p90 per 10 s of traffic): "

@@ -37,8 +37,11 @@ from typing import Any
 import aiohttp
 import altcha
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from kafka import KafkaConsumer
+from kafka import TopicPartition as KafkaTopicPartition
 
 from bench.quality_actors import LATENCY_ROUTE, Actor, Scenario, Script, Step
+from gatewatch.broker import topic_partitions
 from gatewatch.events import MalformedRecord, parse_request_event
 from gatewatch.settings import GatewatchSettings
 from inline.challenge import SOLUTION_HEADER
@@ -210,6 +213,24 @@ class Player:
                                          json={"route": LATENCY_ROUTE, "ms": ms}) as resp:
                 resp.raise_for_status()
             self.log.latency_changes.append((actor.name, time.time(), ms))
+
+
+def topic_records(settings: GatewatchSettings) -> dict[str, list[int]]:
+    """Records each partition of gatewatch's topics holds, per topic: the broker's "latest
+    offset", which Tansu answers with the start of the partition's last batch + 1 (DESIGN.md),
+    so a partition's figure may miss the rest of its last batch. On Tansu's ``memory://``
+    engine a read costs in proportion to the batches a partition holds
+    (``bench/broker_growth.py``); every re-keyed message is a record of its own."""
+    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False)
+    try:
+        out = {}
+        for topic, count in topic_partitions(settings).items():
+            parts = [KafkaTopicPartition(topic, p) for p in range(count)]
+            ends = consumer.end_offsets(parts)
+            out[topic] = [ends[tp] for tp in parts]
+        return out
+    finally:
+        consumer.close()
 
 
 async def request_times(settings: GatewatchSettings, timeout_s: float = 60.0) -> dict[str, float]:
