@@ -101,17 +101,19 @@ def test_the_store_process_ends_with_a_killed_worker(worker_settings: GatewatchS
 
 def test_calls_failed_by_one_dead_process_start_one_new_process(settings: GatewatchSettings) -> None:
     """In process: a Store on the real engine; its store process is killed while two calls
-    are due. Both fail, one restart is counted, and the next call works on a new process."""
+    are in it (one running, one queued: each a 5 s sleep sent the way every store call is,
+    so neither can finish first). Both fail, one restart is counted, and the next call
+    works on a new process."""
     async def scenario() -> None:
         store = Store(settings)
         await store.open()
         try:
             pid = store.pid
             before = counters.snapshot().get("store_process_restarts", 0)
+            calls = [asyncio.ensure_future(store._run(time.sleep, 5.0)) for _ in range(2)]
+            await asyncio.sleep(0.5)   # both handed to the store process's pool
             os.kill(pid, signal.SIGKILL)
-            wait_for(lambda: not _alive(pid), 5, "the store process gone")
-            results = await asyncio.gather(store.query("table_counts"), store.query("table_counts"),
-                                           return_exceptions=True)
+            results = await asyncio.gather(*calls, return_exceptions=True)
             assert all(isinstance(r, StoreProcessLost) for r in results), results
             assert counters.snapshot().get("store_process_restarts", 0) - before == 1
             rows = dict((await store.query("table_counts"))["rows"])
