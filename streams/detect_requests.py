@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import replace
 
 from detectors.credential_stuffing import CredentialStuffingDetector
 from gatewatch.broker import topic_partitions
@@ -66,14 +67,10 @@ class _Pending:
     """Re-keyed events not sent yet; ``events``: events handled since the last full flush,
     ``since``: the oldest event time among them (epoch s)."""
 
-    def __init__(self, by_route_of: _Pending | None = None) -> None:
+    def __init__(self) -> None:
         self.rekeyed = Rekeyed(PARTITIONS[settings.topic_requests_by_principal],
                                PARTITIONS[settings.topic_requests_by_route])
         self.events, self.since = 0, float("inf")
-        if by_route_of is not None:   # the by-route samples (and their count) stay waiting
-            self.rekeyed.by_route = by_route_of.rekeyed.by_route
-            self.rekeyed._route_partition = by_route_of.rekeyed._route_partition
-            self.events, self.since = by_route_of.events, by_route_of.since
 
 
 _pending = _Pending()
@@ -151,7 +148,10 @@ async def _flush(full: bool = True) -> None:
     global _pending, _last_broadcast_s
     async with _flush_lock:
         rekeyed, sent = _pending.rekeyed, dict(progress)
-        _pending = _Pending() if full else _Pending(by_route_of=_pending)
+        if full:
+            _pending = _Pending()
+        else:   # the by-route samples stay waiting
+            _pending.rekeyed = replace(rekeyed, by_principal={}, logins=[], principal_origins={}, login_origins=[])
         for message in pack_events(rekeyed.logins, sent, origins=rekeyed.login_origins):
             await logins_topic.send(value=message, partition=0)
         for partition, rows in rekeyed.by_principal.items():
