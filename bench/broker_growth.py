@@ -43,6 +43,7 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.pipeline import cpu_s  # noqa: E402
 from gatewatch.broker import start_tansu  # noqa: E402
 from gatewatch.netutil import free_port, wait_for_port  # noqa: E402
 
@@ -61,13 +62,6 @@ FLOW_RATE_PER_S = 150
 FLOW_S = 5.0
 #: Size of one record, bytes (a request event is ~0.7 KB).
 RECORD = b"r" * 700
-
-
-def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds of process ``pid``."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def _fill(bootstrap: str, topic: str, records: int, per_batch: int, partitions: int = 1) -> None:
@@ -137,13 +131,13 @@ async def _flow_cores(bootstrap: str, broker_pid: int, topic: str, partitions: i
 
     reader = asyncio.create_task(read())
     await asyncio.sleep(0.5)
-    cpu0, t0 = _cpu_s(broker_pid), time.monotonic()
+    cpu0, t0 = cpu_s(broker_pid), time.monotonic()
     sent = 0
     while time.monotonic() - t0 < FLOW_S:
         await producer.send(topic, repr(time.time()).encode(), partition=sent % partitions)
         sent += 1
         await asyncio.sleep(max(0.0, t0 + sent / FLOW_RATE_PER_S - time.monotonic()))
-    cores = (_cpu_s(broker_pid) - cpu0) / (time.monotonic() - t0)
+    cores = (cpu_s(broker_pid) - cpu0) / (time.monotonic() - t0)
     await asyncio.sleep(0.5)
     done.set()
     await reader

@@ -215,6 +215,17 @@ class Player:
             self.log.latency_changes.append((actor.name, time.time(), ms))
 
 
+def _note_created(msg: Any, created_at: dict[str, float]) -> str | None:
+    """Note the Kafka timestamp (epoch s) of the request event in record ``msg`` under its
+    event id; the id, or None for a malformed record."""
+    try:
+        event_id = parse_request_event(msg.value).event_id
+    except MalformedRecord:
+        return None
+    created_at.setdefault(event_id, msg.timestamp / 1000.0)
+    return event_id
+
+
 def topic_records(settings: GatewatchSettings) -> dict[str, list[int]]:
     """Records each partition of gatewatch's topics holds, per topic: the broker's "latest
     offset", which Tansu answers with the start of the partition's last batch + 1 (DESIGN.md),
@@ -250,10 +261,7 @@ async def request_times(settings: GatewatchSettings, timeout_s: float = 60.0) ->
         while True:
             for records in (await consumer.getmany(timeout_ms=200, max_records=5000)).values():
                 for msg in records:
-                    try:
-                        created.setdefault(parse_request_event(msg.value).event_id, msg.timestamp / 1000.0)
-                    except MalformedRecord:
-                        pass
+                    _note_created(msg, created)
             behind = [tp for tp in parts
                       if consumer.highwater(tp) is None or await consumer.position(tp) < consumer.highwater(tp)]
             if not behind:
@@ -281,12 +289,11 @@ async def follow_requests(settings: GatewatchSettings, seen_at: dict[str, float]
         consumer.assign(parts)
         await consumer.seek_to_beginning(*parts)
         async for msg in consumer:
-            try:
-                event_id = parse_request_event(msg.value).event_id
-                seen_at.setdefault(event_id, time.time())
-                created_at.setdefault(event_id, msg.timestamp / 1000.0)
-            except MalformedRecord:
+            event_id = _note_created(msg, created_at)
+            if event_id is None:
                 malformed += 1
+            else:
+                seen_at.setdefault(event_id, time.time())
     finally:
         await consumer.stop()
     return malformed
