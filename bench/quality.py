@@ -80,7 +80,7 @@ from bench import broker_probe  # noqa: E402
 from bench.pipeline import cpu_s  # noqa: E402
 from bench.quality_actors import Scenario, build_scenario  # noqa: E402
 from bench.quality_addresses import AddressBook  # noqa: E402
-from bench.quality_client import PlayLog, Player, follow_requests, request_times, topic_records  # noqa: E402
+from bench.quality_client import PlayLog, Player, follow_requests, rekeyed_times, request_times, topic_records  # noqa: E402
 from bench.quality_scoring import (StoredDecision, StoredDetection, StoredRequest,  # noqa: E402
                                    score)
 from gatewatch.demo import TopicWatch  # noqa: E402
@@ -190,10 +190,12 @@ def read_store(reader: StoreReader, since: float, until: float) -> tuple[
 
 
 async def drive(stack: Stack, scenario: Scenario, api_keys: dict[str, str], created_at: dict[str, float],
+                rekeyed_at: dict[str, float],
                 live_requests: bool = False) -> tuple[PlayLog, TopicWatch, dict[str, float]]:
     """Play the scenario through the gateway while following the detection and decision
     topics (arrivals in the follower's ``seen_at``) and, with ``live_requests``, the request
-    topic too; request events' Kafka timestamps go to ``created_at``. Return the client log,
+    topic too; request events' Kafka timestamps go to ``created_at``, and those of the
+    by-principal messages that carried them to ``rekeyed_at`` (by event id). Return the client log,
     the follower and the CPU used during the traffic."""
     # The followers are measuring instruments: a 5 ms fetch wait keeps their own delay small.
     watch = TopicWatch(stack.settings.model_copy(update={"fetch_max_wait_ms": FOLLOWER_FETCH_WAIT_MS}))
@@ -221,6 +223,7 @@ async def drive(stack: Stack, scenario: Scenario, api_keys: dict[str, str], crea
         await asyncio.gather(*followers, return_exceptions=True)
     if not live_requests:
         created_at.update(await request_times(stack.settings))
+    rekeyed_at.update(await rekeyed_times(stack.settings))
     return log, watch, cores
 
 
@@ -248,7 +251,8 @@ def run(seed: int, duration_s: float, run_dir: Path, console: Console,
     try:
         console.print(f"stack ready in {time.monotonic() - t0:.1f} s; playing the traffic")
         created_at: dict[str, float] = {}
-        log, watch, cores = asyncio.run(drive(stack, scenario, api_keys, created_at, live_requests))
+        rekeyed_at: dict[str, float] = {}
+        log, watch, cores = asyncio.run(drive(stack, scenario, api_keys, created_at, rekeyed_at, live_requests))
         load_after = os.getloadavg()
         records = topic_records(stack.settings)
         reader = StoreReader(stack.settings)
@@ -259,7 +263,7 @@ def run(seed: int, duration_s: float, run_dir: Path, console: Console,
     finally:
         stack.stop()
     report = score(list(scenario.actors), log.outcomes, log.latency_changes, stored, detections, decisions,
-                   watch.seen_at, {**created_at, **watch.published_at})
+                   watch.seen_at, {**created_at, **watch.published_at}, rekeyed_at)
     (run_dir / "outcomes.json").write_text(json.dumps([asdict(o) for o in log.outcomes]))
     return {
         "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -315,6 +319,7 @@ def print_tables(results: dict[str, Any], console: Console) -> None:
             ("req/s got", "achieved_rate_per_s"), ("detected", "detected"),
             ("start→det s", "start_to_first_detection_s"), ("start→thr s", "start_to_threshold_s"),
             ("thr→event sent ms (gateway)", "threshold_to_event_created_ms"),
+            ("thr→re-keyed sent ms (worker)", "threshold_to_event_rekeyed_ms"),
             ("thr→detection sent ms (worker)", "threshold_to_detection_published_ms"),
             ("thr→decision sent ms (worker)", "threshold_to_decision_published_ms"),
             ("thr→decision seen ms", "threshold_to_decision_seen_ms"),

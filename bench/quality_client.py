@@ -32,6 +32,7 @@ import asyncio
 import json
 import time
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -45,6 +46,7 @@ from gatewatch.broker import topic_partitions
 from gatewatch.events import MalformedRecord, parse_request_event
 from gatewatch.settings import GatewatchSettings
 from inline.challenge import SOLUTION_HEADER
+from streams.rekey import unpack_principal
 
 #: Connections the client keeps to the gateway at most.
 CONNECTIONS = 256
@@ -246,28 +248,56 @@ def topic_records(settings: GatewatchSettings) -> dict[str, list[int]]:
 
 async def request_times(settings: GatewatchSettings, timeout_s: float = 60.0) -> dict[str, float]:
     """The Kafka timestamp (epoch s; CreateTime, set when the gateway handed the event to its
-    producer) of every request event in ``settings.topic_requests``, by event id: every
-    partition read once from its beginning up to the high watermark that the fetches
-    return (Tansu's "latest offset" is not the end, DESIGN.md). Malformed records are
+    producer) of every request event in ``settings.topic_requests``, by event id (see
+    :func:`topic_times`). Malformed records are skipped. Raises ``TimeoutError`` if the
+    partitions are not read within ``timeout_s``."""
+    created: dict[str, float] = {}
+    await topic_times(settings, settings.topic_requests, lambda msg: _note_created(msg, created), timeout_s)
+    return created
+
+
+async def rekeyed_times(settings: GatewatchSettings, timeout_s: float = 60.0) -> dict[str, float]:
+    """The Kafka timestamp (epoch s; CreateTime, set when the worker's request consumer sent
+    the re-keyed message) of the by-principal message that carried each request event, by
+    event id (see :func:`topic_times`): the BOLA loop's middle leg. Malformed messages are
     skipped. Raises ``TimeoutError`` if the partitions are not read within ``timeout_s``."""
+    sent: dict[str, float] = {}
+
+    def note(msg: Any) -> None:
+        try:
+            batch = unpack_principal(msg.value)
+        except MalformedRecord:
+            return
+        for item in batch.items:
+            sent.setdefault(item.event_id, msg.timestamp / 1000.0)
+
+    await topic_times(settings, settings.topic_requests_by_principal, note, timeout_s)
+    return sent
+
+
+async def topic_times(settings: GatewatchSettings, topic: str, note: Callable[[Any], Any],
+                      timeout_s: float = 60.0) -> None:
+    """Pass every record of ``topic`` to ``note``: every partition read once from its
+    beginning up to the high watermark that the fetches return (Tansu's "latest offset" is
+    not the end, DESIGN.md). Raises ``TimeoutError`` if the partitions are not read within
+    ``timeout_s``."""
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False)
     await consumer.start()
-    created: dict[str, float] = {}
     try:
-        parts = [TopicPartition(settings.topic_requests, p) for p in range(settings.requests_partitions)]
+        parts = [TopicPartition(topic, p) for p in range(topic_partitions(settings)[topic])]
         consumer.assign(parts)
         await consumer.seek_to_beginning(*parts)
         deadline = time.monotonic() + timeout_s
         while True:
             for records in (await consumer.getmany(timeout_ms=200, max_records=5000)).values():
                 for msg in records:
-                    _note_created(msg, created)
+                    note(msg)
             behind = [tp for tp in parts
                       if consumer.highwater(tp) is None or await consumer.position(tp) < consumer.highwater(tp)]
             if not behind:
-                return created
+                return
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{settings.topic_requests} not read to its end in {timeout_s} s")
+                raise TimeoutError(f"{topic} not read to its end in {timeout_s} s")
     finally:
         await consumer.stop()
 

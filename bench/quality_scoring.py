@@ -221,7 +221,8 @@ def _rule(det: StoredDetection) -> Any:
 
 
 def _attack_row(run: _Run, actor: Actor, tps: list[StoredDetection], decisions: dict[str, StoredDecision],
-                seen_at: dict[str, float], created_at: dict[str, float]) -> dict[str, Any]:
+                seen_at: dict[str, float], created_at: dict[str, float], rekeyed_at: dict[str, float]
+                ) -> dict[str, Any]:
     mine = run.by_actor.get(actor.name, [])
     start = run.span.get(actor.name, (None, None))[0]
     first = min(tps, key=lambda d: d.ts) if tps else None
@@ -268,6 +269,7 @@ def _attack_row(run: _Run, actor: Actor, tps: list[StoredDetection], decisions: 
         "start_to_threshold_s": None if threshold is None or start is None else round(threshold - start, 3),
         "threshold_to_event_created_ms": _ms(threshold, created_at.get(trigger or "")),
         "threshold_to_event_seen_ms": _ms(threshold, seen_at.get(trigger or "")),
+        "threshold_to_event_rekeyed_ms": _ms(threshold, rekeyed_at.get(trigger or "")),
         "threshold_to_detection_published_ms": _ms(threshold, enforced and created_at.get(enforced.detection_id)),
         "threshold_to_detection_seen_ms": _ms(threshold, enforced and seen_at.get(enforced.detection_id)),
         "decision": decision and {"id": decision.id, "scope": decision.scope, "action": decision.action},
@@ -289,13 +291,15 @@ def _attack_row(run: _Run, actor: Actor, tps: list[StoredDetection], decisions: 
 
 def score(actors: list[Actor], outcomes: list[Outcome], latency_changes: list[tuple[str, float, float]],
           stored: dict[str, StoredRequest], detections: list[StoredDetection], decisions: list[StoredDecision],
-          seen_at: dict[str, float], created_at: dict[str, float] | None = None) -> dict[str, Any]:
+          seen_at: dict[str, float], created_at: dict[str, float] | None = None,
+          rekeyed_at: dict[str, float] | None = None) -> dict[str, Any]:
     """All figures of one run (see the module docstring): ``detectors``, ``attacks``,
     ``benign``, ``false_positive_detections``, ``targets``, ``totals``.
 
     ``seen_at``: wall-clock time at which the harness's followers read each request
     event, detection and decision (by id); ``created_at``: their Kafka timestamps (when
-    the gateway, or the worker, handed them to its producer), by id."""
+    the gateway, or the worker, handed them to its producer), by id; ``rekeyed_at``: the
+    Kafka timestamp of the by-principal message that carried each request event, by event id."""
     run = _Run(actors, outcomes, latency_changes, stored, detections,
                frozenset(d.id for d in decisions if d.action == "challenge"))
     decision_by_id = {d.id: d for d in decisions}
@@ -316,7 +320,8 @@ def score(actors: list[Actor], outcomes: list[Outcome], latency_changes: list[tu
                         "on": run.benign_owner(det.key) or "unlabelled",
                         "rule": det.evidence.get("rule") or det.evidence.get("kind")})
 
-    attack_rows = [_attack_row(run, a, tps.get(a.name, []), decision_by_id, seen_at, created_at or {})
+    attack_rows = [_attack_row(run, a, tps.get(a.name, []), decision_by_id, seen_at, created_at or {},
+                               rekeyed_at or {})
                    for a in actors if a.attack]
 
     benign_rows = []
