@@ -336,6 +336,10 @@ class GatewatchSettings(BaseSettings):
     # On the decision path every consumer waits at most this long for data
     # (Tansu quirk: it does not wake a waiting fetch when data arrives).
     fetch_max_wait_ms: int = 20
+    # The gateway's decisions follower: the last hop of every decision loop. Its topic is
+    # one small partition (a fetch is cheap for the broker); each gateway polls it every
+    # 5 ms while idle, so a decision waits ~2.5 ms on average for the poll, not ~10.
+    gateway_fetch_max_wait_ms: int = 5
 
     # Storage: chDB directory (embedded default) unless clickhouse_url is set.
     chdb_path: Path = Path(".gatewatch/data/chdb")

@@ -221,7 +221,7 @@ class Enforcement:
         brokers.add_bootstrap_option(loader)
         loader.add_option("gatewatch_topic_decisions", str, s.topic_decisions,
                           "Topic the gateway reads decisions from.")
-        loader.add_option("gatewatch_fetch_max_wait_ms", int, s.fetch_max_wait_ms,
+        loader.add_option("gatewatch_fetch_max_wait_ms", int, s.gateway_fetch_max_wait_ms,
                           "Longest wait of a decisions fetch, ms (Tansu does not wake waiting fetches).")
         loader.add_option("gatewatch_decisions_fail_open", bool, s.decisions_fail_open,
                           "Before decisions are loaded: pass requests (true) or answer 503 (false).")

@@ -244,6 +244,20 @@ def test_addon_answers_403_with_decision():
     asyncio.run(go())
 
 
+def test_the_decisions_feed_waits_the_gateway_fetch_wait(monkeypatch):
+    """The gateway's decisions follower has its own, shorter fetch wait (the last hop of
+    every decision loop; Tansu does not wake a waiting fetch), taken from the settings."""
+    assert load_settings().gateway_fetch_max_wait_ms == 5 < load_settings().fetch_max_wait_ms
+    monkeypatch.setenv("GATEWATCH_GATEWAY_FETCH_MAX_WAIT_MS", "7")
+    addon = Enforcement()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, gatewatch_bootstrap_servers="127.0.0.1:1")
+        assert tctx.options.gatewatch_fetch_max_wait_ms == 7
+        assert addon.spec is not None and addon.spec.fetch_max_wait_ms == 7
+        with pytest.raises(exceptions.OptionsError, match="within 0..60000"):
+            tctx.configure(addon, gatewatch_fetch_max_wait_ms=-1)
+
+
 def test_fail_closed_before_load():
     async def go():
         routes, addon = Routes(), Enforcement()
