@@ -14,8 +14,12 @@ partition is the least progress among its sources — the classic low
 watermark (Akidau et al., "The Dataflow Model", VLDB 2015) — with two rules
 for sources that say nothing:
 
-* a source not heard for ``idle_s`` seconds (processing time) is left out: a
-  request partition with no traffic must not stop every window;
+* a source whose progress has not advanced for ``idle_s`` seconds (processing
+  time) is left out: a request partition with no new traffic must not stop every
+  window. The request consumer re-sends the progress of every partition it reads
+  once a second, so hearing a source is not enough: one that went quiet (its
+  keys silent) would hold every window back for good. When every source is
+  quiet, nothing is on its way: the watermark is the newest progress heard;
 * until ``expected_sources`` sources have been heard, no watermark for the
   first ``idle_s`` seconds after the first one: the others may just be late.
 
@@ -50,17 +54,21 @@ class SourceWatermarks:
         self._first_heard: dict[int, float] = {}
 
     def update(self, partition: int, progress: Mapping[int, float], now_s: float) -> None:
-        """Record the progress (event time, epoch seconds) of sources heard on ``partition``."""
+        """Record the progress (event time, epoch seconds) of sources heard on ``partition``;
+        a source's clock of activity (``now_s``) moves only when its progress does."""
         if not progress:
             return
         sources = self._progress.setdefault(partition, {})
         self._first_heard.setdefault(partition, now_s)
         for source, event_s in progress.items():
             old = sources.get(source)
-            sources[source] = (max(event_s, old[0]) if old else event_s, now_s)
+            if old is None or event_s > old[0]:
+                sources[source] = (event_s, now_s)
 
     def watermark(self, partition: int, now_s: float) -> float | None:
-        """Event time (epoch seconds) every active source of ``partition`` has passed, or None."""
+        """Event time (epoch seconds) every active source (one whose progress advanced within
+        ``idle_s``) of ``partition`` has passed — with none active, the newest progress heard
+        — or None (nothing heard yet, or still waiting for the expected sources)."""
         sources = self._progress.get(partition)
         if not sources:
             return None
@@ -68,7 +76,7 @@ class SourceWatermarks:
         if waiting and len(sources) < self.expected_sources:
             return None
         active = [event_s for event_s, heard in sources.values() if now_s - heard <= self.idle_s]
-        return min(active) if active else None
+        return min(active) if active else max(event_s for event_s, _ in sources.values())
 
     def partitions(self) -> list[int]:
         return sorted(self._progress)
