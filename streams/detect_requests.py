@@ -16,20 +16,20 @@ decision loop crosses two broker hops (requests, decisions) as the per-IP rule's
 not three through a re-keyed topic. A partition that moves to another worker (a rebalance, a restart)
 gets its windows rebuilt there by the replay of :mod:`streams.checkpoints`.
 
-Logins are sent at the end of every batch :func:`handle` gets: a batch is what the
-broker had (up to ``settings.detector_batch_size`` events under load, a few when the
-consumer is caught up), so the messages are large when the load is and the login rules
-(whose ``username`` challenges answer a distributed attack) see an event one fetch after
-the per-IP detector, not a timer later (a 20 ms flush timer added 0–40 ms to such a
-loop). By-principal rows and by-route latency samples wait for the next *full* flush:
-once they span :data:`REKEY_SPAN_S` of event time, before every offset commit
+Logins and by-principal rows are sent at the end of every batch :func:`handle` gets:
+a batch is what the broker had (up to ``settings.detector_batch_size`` events under
+load, a few when the consumer is caught up), so the messages are large when the load
+is and the login rules and geo see an event one fetch after the per-IP detector,
+not a timer later (a 20 ms flush timer added 0–40 ms to such a loop). By-route
+latency samples wait for the next *full* flush: once they span
+:data:`ROUTE_SPAN_S` of event time, before every offset commit
 (``settings.commit_interval_s``, 1 s) and with the periodic progress
-(:data:`PROGRESS_EVERY_S`); the event-time bound keeps a catch-up's messages as fine as
-its batches, so a restart's replay starts where it did. Their detectors judge windows
-(latency: a minute; behaviour: 5 minutes) or alert (geo, by default), and every message
-is a batch that each read of its partition goes through on Tansu's ``memory://`` engine
-(``bench/broker_growth.py``): sent per batch, the by-principal and by-route messages
-were 8,059 and 8,061 in a ``bench/quality.py`` run of 11,789 requests.
+(:data:`PROGRESS_EVERY_S`); the event-time bound keeps a catch-up's messages as
+fine as its batches, so a restart's replay starts where it did. The latency detector judges windows of a minute and
+decides nothing, and every message is a batch that each read of its partition goes
+through on Tansu's ``memory://`` engine (``bench/broker_growth.py``): sent per batch,
+the by-route messages were as many as the by-principal ones (8,061 and 8,059 in a
+``bench/quality.py`` run of 11,789 requests).
 
 For the watermarks of the merged, re-keyed streams (:mod:`streams.watermarks`) the
 request consumer tracks the newest event time of each partition it reads and sends,
@@ -59,9 +59,8 @@ from streams.topics import by_principal_topic, by_route_topic, logins_topic
 PROGRESS_EVERY_S = 1.0
 #: Seconds between checks of the progress timer.
 PROGRESS_TICK_S = 0.25
-#: Seconds of event time the waiting by-principal rows and by-route samples may span
-#: before they are sent.
-REKEY_SPAN_S = 1.0
+#: Seconds of event time the waiting by-route samples may span before they are sent.
+ROUTE_SPAN_S = 1.0
 
 log = logging.getLogger(__name__)
 PARTITIONS = topic_partitions(settings)
@@ -116,7 +115,7 @@ async def handle(parsed: list[tuple[int, int, RequestEvent, bytes]]) -> None:
     _pending.events += len(parsed)
     _pending.since = min(_pending.since, oldest)
     if _pending.events:
-        await _flush(full=newest - _pending.since >= REKEY_SPAN_S)
+        await _flush(full=newest - _pending.since >= ROUTE_SPAN_S)
 
 
 def warm(parsed: list[tuple[int, int, RequestEvent, bytes]]) -> None:
@@ -138,8 +137,8 @@ def forget(partition: int) -> None:
 
 
 async def flush() -> None:
-    """Send every waiting re-keyed event now, by-principal rows and by-route samples too
-    (before offsets are committed)."""
+    """Send every waiting re-keyed event now, by-route samples too (before offsets are
+    committed)."""
     if _pending.events:
         await _flush()
 
@@ -164,7 +163,7 @@ def _bola(item: tuple[int, int, RequestEvent, bytes]) -> list[Detection]:
 
 
 async def _flush(full: bool = True) -> None:
-    """Send the waiting logins, and with ``full`` the by-principal rows and by-route samples,
+    """Send the waiting logins and by-principal rows, and with ``full`` the by-route samples,
     with the progress of exactly what was sent (the snapshot and the swap happen together,
     before any await); after a full flush, the periodic progress to every re-keyed
     partition when it is due."""
@@ -173,15 +172,15 @@ async def _flush(full: bool = True) -> None:
         rekeyed, sent = _pending.rekeyed, dict(progress)
         if full:
             _pending = _Pending()
-        else:   # the by-principal rows and by-route samples stay waiting
-            _pending.rekeyed = replace(rekeyed, logins=[], login_origins=[])
+        else:   # the by-route samples stay waiting
+            _pending.rekeyed = replace(rekeyed, by_principal={}, logins=[], principal_origins={}, login_origins=[])
         for message in pack_events(rekeyed.logins, sent, origins=rekeyed.login_origins):
             await logins_topic.send(value=message, partition=0)
-        if not full:
-            return
         for partition, rows in rekeyed.by_principal.items():
             for message in pack_rows(rows, sent, origins=rekeyed.principal_origins.get(partition)):
                 await by_principal_topic.send(value=message, partition=partition)
+        if not full:
+            return
         for partition, by_series in rekeyed.by_route.items():
             for message in pack_samples(by_series, sent):
                 await by_route_topic.send(value=message, partition=partition)

@@ -137,8 +137,7 @@ def producer(settings: GatewatchSettings) -> KafkaProducer:
 
 
 def send_requests(settings: GatewatchSettings, events: list[RequestEvent]) -> None:
-    """Produce ``events`` on the request topic keyed as the gateway keys them
-    (:func:`gatewatch.events.request_key`)."""
+    """Produce ``events`` on the request topic keyed by client IP, as the gateway does."""
     p = producer(settings)
     for event in events:
         p.send(settings.topic_requests, key=request_key(event), value=event.to_json())
