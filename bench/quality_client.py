@@ -31,8 +31,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -249,17 +249,17 @@ def topic_records(settings: GatewatchSettings) -> dict[str, list[int]]:
 async def request_times(settings: GatewatchSettings, timeout_s: float = 60.0) -> dict[str, float]:
     """The Kafka timestamp (epoch s; CreateTime, set when the gateway handed the event to its
     producer) of every request event in ``settings.topic_requests``, by event id (see
-    :func:`topic_times`). Malformed records are skipped. Raises ``TimeoutError`` if the
+    :func:`read_to_end`). Malformed records are skipped. Raises ``TimeoutError`` if the
     partitions are not read within ``timeout_s``."""
     created: dict[str, float] = {}
-    await topic_times(settings, settings.topic_requests, lambda msg: _note_created(msg, created), timeout_s)
+    await read_to_end(settings, settings.topic_requests, lambda msg: _note_created(msg, created), timeout_s)
     return created
 
 
 async def rekeyed_times(settings: GatewatchSettings, timeout_s: float = 60.0) -> dict[str, float]:
     """The Kafka timestamp (epoch s; CreateTime, set when the worker's request consumer sent
     the re-keyed message) of the by-principal message that carried each request event, by
-    event id (see :func:`topic_times`): the BOLA loop's middle leg. Malformed messages are
+    event id (see :func:`read_to_end`): the BOLA loop's middle leg. Malformed messages are
     skipped. Raises ``TimeoutError`` if the partitions are not read within ``timeout_s``."""
     sent: dict[str, float] = {}
 
@@ -271,11 +271,11 @@ async def rekeyed_times(settings: GatewatchSettings, timeout_s: float = 60.0) ->
         for item in batch.items:
             sent.setdefault(item.event_id, msg.timestamp / 1000.0)
 
-    await topic_times(settings, settings.topic_requests_by_principal, note, timeout_s)
+    await read_to_end(settings, settings.topic_requests_by_principal, note, timeout_s)
     return sent
 
 
-async def topic_times(settings: GatewatchSettings, topic: str, note: Callable[[Any], Any],
+async def read_to_end(settings: GatewatchSettings, topic: str, note: Callable[[Any], Any],
                       timeout_s: float = 60.0) -> None:
     """Pass every record of ``topic`` to ``note``: every partition read once from its
     beginning up to the high watermark that the fetches return (Tansu's "latest offset" is
