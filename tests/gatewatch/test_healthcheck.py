@@ -12,7 +12,7 @@ from pathlib import Path
 from gatewatch.commands import serve_command
 from gatewatch.healthcheck import local_host
 from gatewatch.keys import add_key
-from gatewatch.netutil import free_port
+from gatewatch.netutil import free_port, wait_for_port
 from gatewatch.settings import GatewatchSettings
 from tests.inline.inline_testkit import gateway_env, listening_process
 
@@ -36,6 +36,9 @@ def test_gateway_healthy_while_it_serves_and_unhealthy_after(settings: Gatewatch
         "admin_host": "0.0.0.0", "admin_port": free_port(), "admin_token": TOKEN})
     with listening_process(serve_command(s), tmp_path / "gateway.log", s.listen_port, "gateway",
                            gateway_env(s)):
+        # The proxy port opens a moment before the admin server (both start in mitmproxy's
+        # ``running`` hook); a container's healthcheck retries, the test waits for both.
+        wait_for_port("127.0.0.1", s.admin_port, timeout_s=20)
         healthy = healthcheck(s, "gateway")
         assert healthy.returncode == 0, healthy.stdout + healthy.stderr
         assert f"http://127.0.0.1:{s.admin_port}/metrics answers" in healthy.stdout
