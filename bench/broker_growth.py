@@ -9,8 +9,8 @@ Starts a fresh Tansu and measures:
    100-record batches;
 2. **the broker's CPU** (cores, from ``/proc``) while one consumer with the workers'
    20 ms fetch wait reads :data:`FLOW_RATE_PER_S` records a second from a topic that
-   already holds :data:`FLOW_BATCHES` one-record batches, spread over 4 and over 16
-   partitions.
+   already holds :data:`FLOW_BATCHES` one-record batches, spread over each of
+   :data:`FLOW_PARTITIONS` partitions.
 
 The finding this bench keeps measurable: a read costs the broker time in proportion to
 the batches the partition holds, not to the records (so a long-running embedded stack
@@ -58,6 +58,8 @@ HOP_SAMPLES = 40
 FLOW_BATCHES = 12_000
 #: Records a second produced during the CPU measurement (the quality harness's attack rate).
 FLOW_RATE_PER_S = 150
+#: Partition counts of the CPU measurement (the same batches spread over more partitions).
+FLOW_PARTITIONS = (4, 16, 32, 64)
 #: Seconds of the CPU measurement.
 FLOW_S = 5.0
 #: Size of one record, bytes (a request event is ~0.7 KB).
@@ -149,8 +151,8 @@ async def _flow_cores(bootstrap: str, broker_pid: int, topic: str, partitions: i
 async def measure(bootstrap: str, broker_pid: int) -> dict[str, list[dict]]:
     """Both measurements (module docstring) against the broker at ``bootstrap``."""
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    admin.create_topics([NewTopic("growth.single", 1, 1), NewTopic("growth.batched", 1, 1),
-                         NewTopic("growth.p4", 4, 1), NewTopic("growth.p16", 16, 1)])
+    admin.create_topics([NewTopic("growth.single", 1, 1), NewTopic("growth.batched", 1, 1)]
+                        + [NewTopic(f"growth.p{n}", n, 1) for n in FLOW_PARTITIONS])
     admin.close()
     hops, filled = [], 0
     for records in FILL_STEPS:
@@ -160,7 +162,7 @@ async def measure(bootstrap: str, broker_pid: int) -> dict[str, list[dict]]:
         hops.append({"records": records, "one_record_batches": await _hops(bootstrap, "growth.single"),
                      f"batches_of_{BATCHED}": await _hops(bootstrap, "growth.batched")})
     flows = []
-    for partitions in (4, 16):
+    for partitions in FLOW_PARTITIONS:
         topic = f"growth.p{partitions}"
         await _fill(bootstrap, topic, FLOW_BATCHES, 1, partitions)
         flows.append({"partitions": partitions, "batches": FLOW_BATCHES,
