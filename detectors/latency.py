@@ -138,7 +138,8 @@ class RaisedRegression:
 
 class _Series:
     __slots__ = ("open", "closed_before", "last_s", "base_p95", "base_p50", "var_p95",
-                 "learned", "bad", "good", "raised_at", "raised_baseline", "raised_severity")
+                 "learned", "bad", "good", "raised_at", "raised_baseline", "raised_severity",
+                 "judged_until")
 
     def __init__(self) -> None:
         self.open: dict[int, _Window] = {}
@@ -153,6 +154,7 @@ class _Series:
         self.raised_at: datetime | None = None
         self.raised_baseline: float | None = None
         self.raised_severity: Severity | None = None
+        self.judged_until: float | None = None  # epoch s; windows closed by then were judged before a restart
 
 
 class LatencyRegressionDetector:
@@ -166,7 +168,10 @@ class LatencyRegressionDetector:
     before this detector started (:class:`RaisedRegression`), or None: a series it has
     no state for and that the lookup names starts raised, judged against the baseline
     of that regression (its spread unknown: 0), so it is not raised twice and its
-    recovery is reported.
+    recovery is reported. Windows such a series is given that had closed by the time
+    the regression was raised (a replay reaching back before it) are skipped: they
+    were judged before the restart, and the fast minutes that preceded the regression
+    must not count as its recovery.
 
     Raises ``ValueError`` on out-of-range parameters.
     """
@@ -256,6 +261,7 @@ class LatencyRegressionDetector:
             state.learned = self.cfg.baseline_windows   # judged from its first window on
             state.raised_at, state.raised_baseline = before.raised_at, before.baseline_p95_ms
             state.raised_severity = before.severity
+            state.judged_until = before.raised_at.timestamp()
         return state
 
     # -- windows -----------------------------------------------------------------------
@@ -277,6 +283,9 @@ class LatencyRegressionDetector:
         cfg = self.cfg
         if window.seen < cfg.min_samples:
             return []
+        if state.judged_until is not None and (window.index + 1) * cfg.window_s + cfg.allowed_lateness_s \
+                <= state.judged_until:
+            return []   # closed before the regression was raised: judged before the restart
         p50, p95 = (float(v) for v in np.percentile(np.frombuffer(window.samples), [50, 95]))
         summary = {"start": self._start(window.index).isoformat(), "p50_ms": round(p50, 3),
                    "p95_ms": round(p95, 3), "samples": window.seen,

@@ -43,3 +43,23 @@ def test_series_not_named_start_from_nothing() -> None:
     det = LatencyRegressionDetector(raised={}.get, **PARAMS)
     found = run(det, [(0, 10.0), (1, 10.0), (2, 90.0), (3, 90.0), (4, 90.0)])
     assert [d.evidence["state"] for d in found] == ["regression"]
+
+
+def test_a_replay_reaching_back_before_the_regression_does_not_recover_it() -> None:
+    """A worker's by-route replay may start minutes before the stored regression (one
+    re-keyed message can span them): the fast minutes that preceded the regression were
+    judged before the restart and must not count as its recovery."""
+    history = [(0, 10.0), (1, 10.0)] + [(m, 90.0) for m in range(2, 6)]
+    live = LatencyRegressionDetector(**PARAMS)
+    [regression] = run(live, history)
+    assert regression.evidence["state"] == "regression"
+    stored = RaisedRegression(regression.ts, baseline_p95_ms=regression.evidence["baseline_p95_ms"],
+                              baseline_p50_ms=regression.evidence["baseline_p50_ms"], severity=regression.severity)
+    restarted = LatencyRegressionDetector(raised={SERIES: stored}.get, **PARAMS)
+    assert run(restarted, history) == []   # the replay: nothing raised again, nothing recovered
+    fast = [(m, 10.0) for m in range(6, 9)]
+    [recovered] = run(restarted, fast)
+    [recovered_live] = run(live, fast)
+    assert recovered.evidence["state"] == recovered_live.evidence["state"] == "recovered"
+    assert recovered.evidence["regression_since"] == recovered_live.evidence["regression_since"] \
+        == regression.ts.isoformat()
