@@ -8,7 +8,8 @@ worker, in its own consumer group (``<app id>-<kind>``); Faust's producer sends
 what it emits. A subclass says how to parse a batch of records, how to feed
 already-handled ones to its detectors (*warm*), how to handle new ones
 (*live*), up to which offset everything is done (*committable*), and how to
-drop a partition's state.
+drop a partition's state. Each fetch waits at most ``settings.fetch_max_wait_ms``,
+longer while the consumer is far behind (:mod:`streams.catch_up_wait`).
 
 **Offsets** are committed manually every ``settings.commit_interval_s``
 seconds, on a revocation and at shutdown: up to the subclass's committable
@@ -64,7 +65,7 @@ from aiokafka.errors import NoOffsetForPartitionError, OffsetOutOfRangeError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
 from gatewatch.settings import GatewatchSettings
-from streams import counters
+from streams import catch_up_wait, counters
 from streams.app import HEARTBEAT_INTERVAL_S, REBALANCE_TIMEOUT_S, SESSION_TIMEOUT_S, app, settings
 from streams.checkpoints import ReplayPoints, checkpoint_key, decode_checkpoint, encode_checkpoint
 from streams.topics import checkpoints_topic
@@ -213,6 +214,8 @@ class CheckpointedConsumer:
         self._checkpointed_at: dict[int, float] = {}   # partition -> last considered
         self._written_at: dict[int, float] = {}        # partition -> last written
         self._lock = asyncio.Lock()
+        self._catch_up = catch_up_wait.CatchUpWait(base_ms=settings.fetch_max_wait_ms,
+                                                   max_records=self.max_records)
         self._tasks: list[asyncio.Task[Any]] = []
         self._loop_task: asyncio.Task[Any] | None = None
         self._stopping = False
@@ -337,6 +340,7 @@ class CheckpointedConsumer:
             async with self._lock:
                 if batches:
                     await self._handle(batches)
+                self._adapt_fetch_wait(sum(len(records) for records in batches.values()))
                 self._check_log_ends()
                 if time.monotonic() - last_commit >= settings.commit_interval_s:
                     last_commit = time.monotonic()
@@ -346,6 +350,24 @@ class CheckpointedConsumer:
                         counters.incr("commit_errors")
                         log.warning("%s offset commit failed (%s: %s); retrying later", self.kind,
                                     type(exc).__name__, exc)
+
+    def _adapt_fetch_wait(self, returned: int) -> None:
+        """A longer fetch wait while behind and starved (the last poll ``returned`` few
+        records), the base one once caught up (:mod:`streams.catch_up_wait`: the embedded
+        broker's catch-up stall)."""
+        assert self._consumer is not None
+        was_behind, before = self._catch_up.behind, self._catch_up.wait_ms
+        lag = catch_up_wait.lag(self._consumer, self.topic, self._next)
+        wait_ms = self._catch_up.update(lag, returned)
+        if wait_ms == before:
+            return
+        catch_up_wait.set_fetch_wait(self._consumer, wait_ms)
+        if self._catch_up.behind and not was_behind:
+            counters.incr(f"catch_up_{self.kind}")
+            log.info("%s consumer %d records behind: fetch wait up to %d ms until caught up",
+                     self.kind, lag, self._catch_up.max_ms)
+        elif not self._catch_up.behind:
+            log.info("%s consumer caught up: fetch wait %d ms", self.kind, wait_ms)
 
     async def _handle(self, batches: dict[TopicPartition, list[ConsumerRecord]]) -> None:
         warm: list[Any] = []
