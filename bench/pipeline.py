@@ -4,8 +4,8 @@ What it measures, on a real Tansu broker (127.0.0.1 only), in each of ``--repeat
 rounds (a fresh broker, topics and worker each; the table shows medians):
 
 1. **producing** — ``--events`` N pre-generated request events (seeded, see
-   :class:`Traffic`) are sent to ``topic_requests`` keyed by client IP, as the
-   gateway sends them (kafka-python, batched with linger; ``crc32c`` installed).
+   :class:`Traffic`) are sent to ``topic_requests`` keyed as the gateway keys them
+   (:func:`gatewatch.events.request_key`; kafka-python, batched with linger; ``crc32c`` installed).
    That backlog is then read by:
 2. **bare aiokafka** — a consume loop with no group (``assign`` every partition,
    ``seek_to_beginning``) counting the messages: once as is, and once parsing
@@ -82,7 +82,7 @@ from typing import Any
 
 from gatewatch.broker import create_topics, start_tansu
 from gatewatch.commands import worker_command
-from gatewatch.events import RequestEvent, parse_request_event
+from gatewatch.events import RequestEvent, parse_request_event, request_key
 from gatewatch.netutil import free_port, wait_for_port
 from gatewatch.settings import GatewatchSettings, load_settings
 
@@ -185,11 +185,11 @@ class Traffic:
         return hmac.new(self.username_key, username.encode(), hashlib.sha256).hexdigest()
 
     def events(self, n: int) -> list[tuple[bytes, bytes]]:
-        """The next ``n`` events as ``(client IP, RequestEvent JSON)``."""
+        """The next ``n`` events as ``(Kafka key, RequestEvent JSON)`` (:func:`gatewatch.events.request_key`)."""
         out = []
         for _ in range(n):
             event = self._next()
-            out.append((event.client_ip.encode(), event.to_json()))
+            out.append((request_key(event), event.to_json()))
         return out
 
     def _next(self) -> RequestEvent:

@@ -50,12 +50,13 @@ def start_tansu(host: str, port: int, log_path: Path | None = None) -> subproces
 def topic_partitions(settings: GatewatchSettings) -> dict[str, int]:
     """The topics gatewatch uses and their partition counts.
 
-    Requests are keyed by client IP and split over ``requests_partitions``;
+    Requests are keyed by principal, or by client IP for login attempts and anonymous
+    callers (:func:`gatewatch.events.request_key`), and split over ``requests_partitions``;
     detections and decisions have one partition each, so every reader sees one
     ordered stream of decisions.
 
     Re-keyed request streams (written by the worker, see ``streams/``): by
-    principal (BOLA) and by route (latency) with ``requests_partitions`` each,
+    principal (geo, behaviour) and by route (latency) with ``requests_partitions`` each,
     so that one key's state lives on one partition; login attempts on one
     partition, so that the per-prefix/ASN/username/global windows of the
     credential-stuffing detector see every login.

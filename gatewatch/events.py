@@ -258,6 +258,23 @@ class Decision(_Record):
         return (self.expires_at - self.created_at).total_seconds()
 
 
+def request_key(event: RequestEvent) -> bytes:
+    """Kafka key of a request event (UTF-8 bytes): ``principal:<id>`` for an authenticated
+    request that is not a login attempt, the client address (``client_ip``) otherwise.
+
+    The key picks the partition (murmur2, Kafka's default partitioner), and each worker
+    keeps the state of the keys of its partitions: every request of one principal lands
+    on one partition, so BOLA is judged where the request is read, with no re-keying hop
+    on its decision path (``streams/detect_requests.py``); every login attempt and every
+    anonymous request of one address lands on one partition, so the per-IP
+    credential-stuffing windows are whole. A login attempt keeps its address's key even
+    when the client sent an API key (a mobile app's key on ``/login``): the login rules
+    judge addresses, usernames and networks, not the app."""
+    if event.principal and event.login is None:
+        return f"principal:{event.principal}".encode()
+    return event.client_ip.encode()
+
+
 def decision_key(scope: str, value: str) -> str:
     """Kafka key of the decision for ``scope``/``value``: ``"scope:value"``."""
     return f"{scope}:{value}"

@@ -7,8 +7,9 @@ mitmproxy also calls for answers the gateway's addons made in
 status 502, ``answered_by="error"``; a request that never arrived whole:
 status 400, ``answered_by="bad_request"``; a body above the size limit:
 status 413). The event id is also sent to
-the client as ``X-Request-Id``. Messages are keyed by client IP, so every
-event of one client lands on one partition, in order.
+the client as ``X-Request-Id``. Messages are keyed by principal, or by client IP
+for login attempts and anonymous callers (:func:`gatewatch.events.request_key`), so
+every event of one key lands on one partition, in order.
 
 Path of an event (hooks never wait, never touch the disk)::
 
@@ -64,7 +65,7 @@ from pathlib import Path
 
 from mitmproxy import ctx, exceptions, http
 
-from gatewatch.events import AnsweredBy, RequestEvent
+from gatewatch.events import AnsweredBy, RequestEvent, request_key
 from gatewatch.settings import load_settings
 from inline import brokers
 from inline.flowstate import FlowFacts, answered, get_facts, json_answer
@@ -409,7 +410,7 @@ class EventShipper:
 
     def _record(self, event: RequestEvent) -> Record:
         self._seq += 1
-        return self._seq, event.client_ip.encode(), event.to_json()
+        return self._seq, request_key(event), event.to_json()
 
     def _drain_queue(self, limit: int | None = None) -> list[RequestEvent]:
         out: list[RequestEvent] = []

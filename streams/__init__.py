@@ -3,7 +3,7 @@ emit detections/decisions, the ClickHouse sink and the worker's read API.
 
 The request topic is read by ``requests_consumer`` (aiokafka batches: the hot
 path, parsed once), which hands each batch to ``detect_requests`` (per-IP
-credential stuffing, and re-keying (``rekey``) of what the other detectors
+credential stuffing and BOLA, and re-keying (``rekey``) of what the other detectors
 need) and to the ClickHouse sink. The re-keyed topics are read the same way
 (``rekeyed_consumer``), each by its detectors. All of them
 (``checkpointed_consumer``, started by ``consumers``) commit offsets and replay
@@ -14,7 +14,7 @@ their origin (``resends``).
 Detectors by topic (one module each, thin: the detector per partition, its replay span):
 
 * ``detect_logins`` — aggregate credential-stuffing rules over every login (one partition);
-* ``detect_bola`` — BOLA enumeration over requests re-keyed by principal;
+* ``detect_bola`` — BOLA enumeration on the request topic itself (keyed by principal);
 * ``detect_latency`` — latency regression over samples re-keyed by route;
 * ``detect_geo`` — geo anomalies (impossible travel, new country) over requests
   re-keyed by principal, located with the DB-IP city database;

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 
-from streams import detect_behaviour, detect_bola, detect_geo, detect_latency, detect_logins
+from streams import detect_behaviour, detect_geo, detect_latency, detect_logins
 from streams.app import app, settings
 from streams.checkpointed_consumer import CheckpointedConsumer
 from streams.decide import seed_policy
@@ -27,8 +27,8 @@ from streams.requests_consumer import requests_consumer
 
 by_principal = RekeyedConsumer(
     "by_principal", settings.topic_requests_by_principal, unpack_principal,
-    lambda: detect_bola.stages() + detect_geo.stages() + detect_behaviour.stages(),
-    max(detect_bola.REPLAY_S, detect_geo.REPLAY_S, detect_behaviour.REPLAY_S),
+    lambda: detect_geo.stages() + detect_behaviour.stages(),
+    max(detect_geo.REPLAY_S, detect_behaviour.REPLAY_S),
     on_new_partitions=detect_geo.load_history)
 logins = RekeyedConsumer("logins", settings.topic_logins, unpack_events, detect_logins.stages,
                          detect_logins.REPLAY_S)

@@ -15,9 +15,9 @@ After a restart a principal's history comes back from two places:
   detectors as :class:`detectors.geo.GeoHistory`; a principal they have no state
   for starts from it, so its learning period and its countries go on, and a new
   country is reported as without the restart;
-* **the replay** of the partition (the longest span of its detectors, see
-  :mod:`streams.detect_bola`): its last location, if it called within the span
-  (impossible travel is then judged as without the restart).
+* **the replay** of the partition (:data:`REPLAY_S`, or the behaviour detector's span if
+  longer): its last location, if it called within the span (impossible travel is then
+  judged as without the restart).
 
 Not exact: the countries in the store are the gateway's (the DB-IP country file),
 the detector's come from the city file (both from one ``gatewatch geo install``,
@@ -27,7 +27,7 @@ replay span's requests are in both), counts twice towards
 the replay span has no place to travel from until its next one; the store keeps what
 ``requests_ttl_days`` keeps. If the store cannot answer (counted as
 ``geo_history_errors``), detection goes on without the history: learning starts
-over, as before. :data:`REPLAY_S` is 0: geo adds nothing to the span.
+over, as before.
 """
 
 from __future__ import annotations
@@ -72,8 +72,9 @@ def _open_geo() -> GeoIp | None:
         return None
 
 
-#: Seconds of event time geo needs replayed: none (see the module docstring).
-REPLAY_S = 0.0
+#: Seconds of event time replayed for geo: a quarter of an hour, for the last location of a
+#: principal that called within it (every by-principal row of the span is read at a restart).
+REPLAY_S = 900.0
 _db = _open_geo()
 #: Longest wait for the store's answer, s: it runs while the group's assignment is handled.
 STORE_READ_TIMEOUT_S = 20.0

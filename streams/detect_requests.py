@@ -1,22 +1,26 @@
-"""The request stream (keyed by client IP): per-IP credential stuffing, and
-re-keying for the detectors keyed otherwise (:mod:`streams.rekey`).
+"""The request stream (keyed by principal, or by client IP for login attempts and
+anonymous callers: :func:`gatewatch.events.request_key`): per-IP credential stuffing
+and BOLA, and re-keying for the detectors keyed otherwise (:mod:`streams.rekey`).
 
 The request consumer (:mod:`streams.requests_consumer`) reads the topic and
 parses each event once; :func:`handle` gets each parsed batch. Detections go
 out first (:func:`streams.decide.publish`), then the re-keyed batches.
 :func:`warm` rebuilds the windows after a restart without emitting anything.
 
-One detector per source partition: each partition is one in-order stream and
-holds every event of its IPs (the gateway keys by IP), so ``now`` is the
-event's own ``ts`` and the per-IP windows are exact with any number of
-workers. A partition that moves to another worker (a rebalance, a restart)
+Two detectors per source partition: each partition is one in-order stream and holds
+every login attempt of its addresses and every request of its principals (and of its
+anonymous addresses), so ``now`` is the event's own ``ts`` and both the per-IP login
+windows and the per-principal BOLA windows (:mod:`streams.detect_bola`) are exact with
+any number of workers. BOLA is judged here, where the request is first read, so its
+decision loop crosses two broker hops (requests, decisions) as the per-IP rule's does,
+not three through a re-keyed topic. A partition that moves to another worker (a rebalance, a restart)
 gets its windows rebuilt there by the replay of :mod:`streams.checkpoints`.
 
 Logins and by-principal rows are sent at the end of every batch :func:`handle` gets:
 a batch is what the broker had (up to ``settings.detector_batch_size`` events under
 load, a few when the consumer is caught up), so the messages are large when the load
-is and the login rules, BOLA and geo see an event one fetch after the per-IP detector,
-not a timer later (a 20 ms flush timer added 0–40 ms to the BOLA loop). By-route
+is and the login rules and geo see an event one fetch after the per-IP detector,
+not a timer later (a 20 ms flush timer added 0–40 ms to such a loop). By-route
 latency samples wait for the next *full* flush: once they span
 :data:`ROUTE_SPAN_S` of event time, before every offset commit
 (``settings.commit_interval_s``, 1 s) and with the periodic progress
@@ -41,10 +45,11 @@ import logging
 import time
 from dataclasses import replace
 
+from detectors.bola import BolaDetector
 from detectors.credential_stuffing import CredentialStuffingDetector
 from gatewatch.broker import topic_partitions
 from gatewatch.events import Detection, RequestEvent
-from streams import counters
+from streams import counters, detect_bola
 from streams.app import app, settings
 from streams.decide import detect_each, publish
 from streams.rekey import Rekeyed, pack_event_progress, pack_events, pack_rows, pack_samples, sort_event
@@ -60,6 +65,7 @@ ROUTE_SPAN_S = 1.0
 log = logging.getLogger(__name__)
 PARTITIONS = topic_partitions(settings)
 detectors: dict[int, CredentialStuffingDetector] = {}  # source partition -> per-IP detector
+bola_detectors: dict[int, BolaDetector] = {}  # source partition -> BOLA detector
 progress: dict[int, float] = {}  # source partition -> newest event time processed (epoch s)
 
 
@@ -86,17 +92,24 @@ def _detector(partition: int) -> CredentialStuffingDetector:
     return detector
 
 
+def _bola_detector(partition: int) -> BolaDetector:
+    detector = bola_detectors.get(partition)
+    if detector is None:
+        detector = bola_detectors[partition] = detect_bola.detector()
+    return detector
+
+
 async def handle(parsed: list[tuple[int, int, RequestEvent, bytes]]) -> None:
     """Handle one batch of parsed events ``(partition, offset, event, raw JSON)`` in offset
-    order per partition: per-IP detections out first, then the events re-keyed, each
-    with its origin (partition, offset: :mod:`streams.resends`)."""
+    order per partition: per-IP and BOLA detections out first, then the events re-keyed,
+    each with its origin (partition, offset: :mod:`streams.resends`)."""
     oldest, newest = float("inf"), 0.0
     for partition, _, event, _ in parsed:
         epoch = event.ts.timestamp()
         oldest, newest = min(oldest, epoch), max(newest, epoch)
         if epoch > progress.get(partition, 0.0):
             progress[partition] = epoch
-    await publish(detect_each(_per_ip, parsed, "credential-stuffing (ip)"))
+    await publish(detect_each(_per_ip, parsed, "credential-stuffing (ip)") + detect_each(_bola, parsed, "bola"))
     for partition, offset, event, raw in parsed:
         sort_event(_pending.rekeyed, event, raw, (partition, offset))
     _pending.events += len(parsed)
@@ -106,19 +119,21 @@ async def handle(parsed: list[tuple[int, int, RequestEvent, bytes]]) -> None:
 
 
 def warm(parsed: list[tuple[int, int, RequestEvent, bytes]]) -> None:
-    """Feed already-handled events to the per-IP windows only (a restart's replay,
+    """Feed already-handled events to the per-IP and BOLA windows only (a restart's replay,
     :mod:`streams.checkpoints`): their detections were sent before, nothing is emitted."""
-    for partition, _, event, _ in parsed:
-        try:
-            _detector(partition).process(event, now=event.ts)
-        except Exception:
-            counters.incr("detector_errors")
-            log.exception("credential-stuffing (ip) detector failed warming on %s", event.event_id)
+    for item in parsed:
+        for detect, what in ((_per_ip, "credential-stuffing (ip)"), (_bola, "bola")):
+            try:
+                detect(item)
+            except Exception:
+                counters.incr("detector_errors")
+                log.exception("%s detector failed warming on %s", what, item[2].event_id)
 
 
 def forget(partition: int) -> None:
     """Drop the windows of a partition this worker no longer reads."""
     detectors.pop(partition, None)
+    bola_detectors.pop(partition, None)
 
 
 async def flush() -> None:
@@ -138,6 +153,13 @@ async def flush_rekeyed() -> None:
 def _per_ip(item: tuple[int, int, RequestEvent, bytes]) -> list[Detection]:
     partition, _, event, _ = item
     return _detector(partition).process(event, now=event.ts)
+
+
+def _bola(item: tuple[int, int, RequestEvent, bytes]) -> list[Detection]:
+    partition, _, event, _ = item
+    if event.login is not None:  # keyed by address, not by principal: request_key
+        return []
+    return _bola_detector(partition).process(event, now=event.ts)
 
 
 async def _flush(full: bool = True) -> None:

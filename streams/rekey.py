@@ -1,6 +1,7 @@
-"""Re-keying the request stream for the detectors that are not keyed by client IP.
+"""Re-keying the request stream for the detectors that are not keyed as it is.
 
-Requests arrive keyed by client IP. Three detectors need another key, so the
+Requests arrive keyed by principal, or by client IP for login attempts and anonymous
+callers (:func:`gatewatch.events.request_key`). Three detectors need another key, so the
 request consumer (:mod:`streams.detect_requests`) sorts each batch it has parsed
 and sends it on. A key's partition is computed here exactly as Kafka's default
 partitioner would (murmur2 of the key, :func:`partition_for`), and each batch
@@ -9,16 +10,15 @@ becomes **one message per destination partition**, not one per key or event
 principals is 4 messages, not 400):
 
 * **by principal** (``topic_requests_by_principal``; key of an event:
-  ``principal:<id>``, or ``ip:<addr>`` for anonymous callers): upstream answers
-  on routes with a ``{parameter}`` (for BOLA) and every upstream answer to an
-  authenticated principal (for geo anomalies and behaviour), as ``{"progress":
+  ``principal:<id>``): every upstream answer to an authenticated principal (for geo
+  anomalies and behaviour), login attempts too, as ``{"progress":
   {...}, "rows": [[event_id, epoch_s, client_ip, method, host, path, route,
   status, principal, country, asn], ...], "src": [partition, offset, ...]}``
   (:data:`PRINCIPAL_COLUMNS`): only what those detectors read
   (:class:`gatewatch.events.PrincipalRequest`), a third of the bytes of the
   events and a fifth of the time to read back (~1.8 µs a row against ~9 µs to
   validate an event, measured with ``bench/pipeline.py``'s traffic) — every
-  event of one principal lands on one partition, so its BOLA and geo state live
+  event of one principal lands on one partition, so its geo and behaviour state live
   on one worker. Readers still take the older ``"events"`` shape (whole event
   objects), so workers can be upgraded one at a time;
 * **by route** (``topic_requests_by_route``; key ``"METHOD /route"``): only what
@@ -168,7 +168,7 @@ def sort_event(out: Rekeyed, event: RequestEvent, raw: bytes, origin: tuple[int,
         out.logins.append(raw)
         if origin is not None:
             out.login_origins += origin
-    if "{" in event.route or event.principal:  # BOLA: object routes; geo: every principal request
+    if event.principal:  # geo and behaviour: every principal request
         partition = partition_for(principal_key(event), out.principal_partitions)
         out.by_principal.setdefault(partition, []).append(principal_row(event, epoch_s))
         if origin is not None:

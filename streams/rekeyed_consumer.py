@@ -14,8 +14,7 @@ dropped by their origin (:mod:`streams.resends`).
 
 The replay span of a topic (``replay_s``) is the longest window plus quiet
 period of its detectors; each detector module says what that rebuilds exactly
-and what it does not (``REPLAY_S`` in :mod:`streams.detect_bola`,
-:mod:`streams.detect_geo`, :mod:`streams.detect_behaviour`,
+and what it does not (``REPLAY_S`` in :mod:`streams.detect_geo`, :mod:`streams.detect_behaviour`,
 :mod:`streams.detect_logins`, :mod:`streams.detect_latency`). Everything that
 depends on the low watermark (state eviction, behaviour and latency windows
 closed, the failed-login spike's buckets) is exact for events that are not

@@ -12,7 +12,7 @@ replay points). Each batch:
 
 1. every record is parsed once (malformed ones counted as
    ``malformed_requests`` and skipped; ``events_requests`` counts records);
-2. :func:`streams.detect_requests.handle` runs the per-IP detector and re-keys;
+2. :func:`streams.detect_requests.handle` runs the per-IP and BOLA detectors and re-keys;
 3. the events' raw JSON goes to the :class:`streams.sink.RequestSink`, which
    stores them on its own task through the store process (:mod:`streams.store`):
    detection never waits for ClickHouse.
@@ -25,8 +25,9 @@ tables, and the re-keyed consumers drop the tail's re-sent events by their
 origin (:mod:`streams.resends`).
 
 **Exact state across restarts**: when a partition is assigned, the events
-between its replay point and its committed offset feed the per-IP windows
-only (:func:`streams.detect_requests.warm`, counted as ``warmed_requests``).
+between its replay point and its committed offset feed the per-IP and BOLA windows
+only (:func:`streams.detect_requests.warm`, counted as ``warmed_requests``); the
+replay span is the longer of the two detectors' (:data:`REPLAY_S`).
 """
 
 from __future__ import annotations
@@ -37,20 +38,23 @@ from typing import Any
 from aiokafka.structs import ConsumerRecord
 
 from gatewatch.events import RequestEvent, parse_request_event
-from streams import counters, detect_requests
+from streams import counters, detect_bola, detect_requests
 from streams.app import app, settings, store
 from streams.checkpointed_consumer import CheckpointedConsumer
 from streams.sink import RequestSink
 from streams.topics import parse_or_count
 
+#: Seconds of event time replayed on assignment: the per-IP login window, or BOLA's window
+#: and quiet period (:data:`streams.detect_bola.REPLAY_S`), whichever is longer.
+REPLAY_S = max(settings.credential_stuffing.window_s, detect_bola.REPLAY_S)
+
 
 class RequestsConsumer(CheckpointedConsumer):
     """Reads ``settings.topic_requests`` in batches (see the module docstring); the sink
-    (``sink``) runs as a background task. Replays the per-IP window
-    (``credential_stuffing.window_s``) on assignment."""
+    (``sink``) runs as a background task. Replays :data:`REPLAY_S` on assignment."""
 
     def __init__(self, group: str) -> None:
-        super().__init__(group, settings.topic_requests, "requests", settings.credential_stuffing.window_s)
+        super().__init__(group, settings.topic_requests, "requests", REPLAY_S)
         self.sink = RequestSink(store.write_requests, settings.sink_batch_size,
                                 settings.sink_batch_within_s, settings.sink_max_pending_events)
 

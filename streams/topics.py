@@ -3,11 +3,12 @@
 are parsed with :mod:`gatewatch.events` so that a malformed message is counted
 and skipped instead of crashing an agent.
 
-Requests are keyed by client IP (the gateway does it), so each IP's events are
-on one partition, in order. The worker re-keys what other detectors need
-(:mod:`streams.rekey`): batches of events by principal (BOLA), latency samples
-by route (latency), and every login attempt on one partition (the aggregate
-credential-stuffing rules).
+Requests are keyed by principal, or by client IP for login attempts and anonymous
+callers (the gateway does it: :func:`gatewatch.events.request_key`), so each key's
+events are on one partition, in order. The worker re-keys what other detectors need
+(:mod:`streams.rekey`): batches of a principal's requests (geo, behaviour, its logins
+included), latency samples by route (latency), and every login attempt on one
+partition (the aggregate credential-stuffing rules).
 
 Decisions are signed by :data:`decision_signer` and read only when
 :data:`decision_verifier` accepts their signature (:mod:`gatewatch.signing`):

@@ -1,7 +1,7 @@
 """Event-time watermarks of a re-keyed stream that merges several source partitions.
 
 The latency samples of one route come from every partition of the request
-topic (requests are keyed by client IP). Each source partition is in event
+topic (requests are keyed by principal or client IP). Each source partition is in event
 time order, but sources progress at their own pace — after a restart, one may
 be minutes ahead of another in a backlog. Closing a minute window because
 *one* source passed it would judge it on part of its samples and drop the

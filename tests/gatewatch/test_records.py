@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from gatewatch.events import (Decision, MalformedRecord, RequestEvent, parse_decision,
-                              parse_request_event)
+                              parse_request_event, request_key)
 from gatewatch.keys import KeysFileError, add_key, hash_key, load_keys
 from gatewatch.settings import load_settings
 
@@ -34,6 +34,18 @@ def test_naive_timestamps_are_utc_and_unknown_fields_ignored() -> None:
 def test_malformed_decision_raises_clear_error(raw: bytes) -> None:
     with pytest.raises(MalformedRecord, match="malformed Decision"):
         parse_decision(raw)
+
+
+def test_request_key_is_the_principal_except_for_logins_and_anonymous_callers() -> None:
+    def event(**kw) -> RequestEvent:
+        return RequestEvent(**{"event_id": "e", "ts": T0, "client_ip": "2001:db8::7", "method": "GET",
+                               "host": "api", "path": "/orders/7", "route": "/orders/{id}", "status": 200, **kw})
+    assert request_key(event(principal="key_a", auth="ok")) == b"principal:key_a"
+    assert request_key(event()) == b"2001:db8::7"
+    # A login attempt stays with its address, API key or not (the per-IP login windows).
+    login = {"method": "POST", "path": "/login", "route": "/login", "status": 401, "login": "failure"}
+    assert request_key(event(principal="app-key", auth="ok", **login)) == b"2001:db8::7"
+    assert request_key(event(**login)) == b"2001:db8::7"
 
 
 def test_decision_key_expiry_and_ttl() -> None:

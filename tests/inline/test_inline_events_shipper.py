@@ -11,7 +11,7 @@ from kafka import KafkaConsumer, TopicPartition
 from mitmproxy import http
 from mitmproxy.test import taddons
 
-from gatewatch.events import parse_request_event
+from gatewatch.events import parse_request_event, request_key
 from gatewatch.keys import add_key
 from inline.authentication import Authentication
 from inline.enforcement import Enforcement
@@ -158,7 +158,7 @@ def test_ships_to_a_real_broker_and_flushes_on_done(settings):
                 for record in records:
                     event = parse_request_event(record.value)
                     got[event.event_id] = event
-                    assert record.key == event.client_ip.encode()
+                    assert record.key == request_key(event) == event.client_ip.encode()  # anonymous
                     partitions_by_ip.setdefault(event.client_ip, set()).add(record.partition)
     finally:
         consumer.close()
@@ -203,7 +203,7 @@ def test_broker_outage_spools_then_sends_everything_once_in_order(tmp_path):
     """Kill the broker, keep accepting events (they go to the disk spool), restart an
     empty broker on the same port (topics re-created): every event accepted during and
     after the outage reaches the new broker's topic exactly once, in acceptance order
-    within each partition (events are keyed by client IP)."""
+    within each partition (anonymous events are keyed by client IP)."""
     from gatewatch.broker import create_topics, start_tansu
     from gatewatch.netutil import free_port, wait_for_port
     from gatewatch.settings import load_settings

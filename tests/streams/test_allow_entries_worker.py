@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from gatewatch import decision_feed
-from gatewatch.events import Decision, RequestEvent, new_id, parse_decision, parse_detection
+from gatewatch.events import Decision, RequestEvent, new_id, parse_decision, parse_detection, request_key
 from gatewatch.netutil import free_port
 from gatewatch.settings import GatewatchSettings
 from worker_harness import Worker, producer, read_topic, running_worker, wait_for
@@ -53,7 +53,7 @@ def test_no_decision_against_an_allow_listed_value(worker: Worker) -> None:
 
     t0 = datetime.now(timezone.utc).replace(microsecond=0)
     for event in _failed_logins(t0, ALLOWED) + _failed_logins(t0, UNSIGNED):
-        p.send(s.topic_requests, key=event.client_ip.encode(), value=event.to_json())
+        p.send(s.topic_requests, key=request_key(event), value=event.to_json())
     p.flush()
     p.close()
 

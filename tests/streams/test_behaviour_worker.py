@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from detectors.behaviour_features import WINDOW_S
-from gatewatch.events import RequestEvent, parse_decision, parse_detection
+from gatewatch.events import RequestEvent, parse_decision, parse_detection, request_key
 from gatewatch.model_file import save_model_file
 from gatewatch.netutil import free_port
 from gatewatch.settings import GatewatchSettings
@@ -77,7 +77,7 @@ def test_a_stolen_key_scraping_is_detected_in_shadow(settings: GatewatchSettings
         events = _traffic(t0)
         p = producer(s)
         for e in events:
-            p.send(s.topic_requests, key=e.client_ip.encode(), value=e.to_json())
+            p.send(s.topic_requests, key=request_key(e), value=e.to_json())
         p.flush()
 
         def behaviour() -> list | None:
@@ -123,7 +123,7 @@ def test_without_a_model_file_the_agent_logs_once_and_does_nothing(settings: Gat
         events = [e.model_copy(update={"principal": STOLEN}) for e in scraper(t0, seconds=60)]
         p = producer(s)
         for e in events:
-            p.send(s.topic_requests, key=e.client_ip.encode(), value=e.to_json())
+            p.send(s.topic_requests, key=request_key(e), value=e.to_json())
         p.flush()
         wait_for(lambda: worker.health()["counters"].get("events_by_principal", 0) >= len(events) or None,
                  60, "the BOLA agent to read the re-keyed events")

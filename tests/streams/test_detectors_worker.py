@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from gatewatch.events import RequestEvent, new_id, parse_decision, parse_detection
+from gatewatch.events import RequestEvent, new_id, parse_decision, parse_detection, request_key
 from gatewatch.netutil import free_port
 from gatewatch.settings import GatewatchSettings
 from worker_harness import Worker, producer, read_topic, running_worker, wait_for
@@ -83,7 +83,7 @@ def test_bola_enumeration_and_latency_regression_end_to_end(worker: Worker) -> N
     enumeration, sync, latency = _traffic(t0)
     p = producer(s)
     for event in sorted(enumeration + sync + latency, key=lambda e: e.ts):
-        p.send(s.topic_requests, key=event.client_ip.encode(), value=event.to_json())
+        p.send(s.topic_requests, key=request_key(event), value=event.to_json())
     p.flush()
     p.close()
 

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from gatewatch import geoip
-from gatewatch.events import Decision, RequestEvent, new_id, parse_detection
+from gatewatch.events import Decision, RequestEvent, new_id, parse_detection, request_key
 from gatewatch.netutil import free_port
 from gatewatch.settings import GatewatchSettings
 from worker_harness import Worker, producer, read_topic, running_worker, wait_for
@@ -59,7 +59,7 @@ def test_impossible_travel_and_alerts(worker: Worker, alertmanager: str) -> None
     forged = Decision(scope="ip", value=FORGED_IP, created_at=t0, expires_at=t0 + timedelta(hours=1))
     p.send(s.topic_decisions, key=forged.key().encode(), value=forged.to_json())
     for e in events:
-        p.send(s.topic_requests, key=e.client_ip.encode(), value=e.to_json())
+        p.send(s.topic_requests, key=request_key(e), value=e.to_json())
     p.flush()
 
     def travel() -> list | None:

@@ -1,8 +1,9 @@
 """Two worker processes share the partitions (one consumer group) on a real Tansu broker:
 each detector's key is routed to one partition, so every finding is made once, by
 one worker — the per-IP ban, the BOLA ban of a principal calling from several IPs
-(so from several request partitions), and a latency regression of a route whose
-requests come from every partition.
+(its requests keyed by principal, as the gateway keys them, so on one request
+partition), and a latency regression of a route whose requests come from every
+partition.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from gatewatch.broker import topic_partitions
-from gatewatch.events import RequestEvent, new_id, parse_decision, parse_detection
+from gatewatch.events import RequestEvent, new_id, parse_decision, parse_detection, request_key
 from gatewatch.netutil import free_port
 from gatewatch.settings import GatewatchSettings
 from worker_harness import Worker, producer, read_topic, wait_for
@@ -58,7 +59,7 @@ def _event(ts: datetime, ip: str, principal: str, path: str, route: str, status:
 
 def _traffic(t0: datetime) -> list[RequestEvent]:
     rng = random.Random(9)
-    # A principal enumerating from 8 addresses (so from several request partitions).
+    # A principal enumerating from 8 addresses (one request partition: keyed by principal).
     ips = [f"203.0.113.{80 + k}" for k in range(8)]
     events = [_event(t0 + timedelta(seconds=120 + i / 20), ips[i % 8], ENUMERATOR, f"/orders/{300 + i}",
                      "/orders/{id}", 403) for i in range(40)]
@@ -88,7 +89,7 @@ def test_two_workers_find_everything_once(workers: list[Worker]) -> None:
     t0 = (datetime.now(timezone.utc) - timedelta(minutes=30)).replace(second=0, microsecond=0)
     p = producer(s)
     for event in _traffic(t0):
-        p.send(s.topic_requests, key=event.client_ip.encode(), value=event.to_json())
+        p.send(s.topic_requests, key=request_key(event), value=event.to_json())
     p.flush()
     p.close()
 

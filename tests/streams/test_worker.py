@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from gatewatch.broker import topic_partitions
-from gatewatch.events import Decision, RequestEvent, new_id, parse_decision, parse_detection
+from gatewatch.events import Decision, RequestEvent, new_id, parse_decision, parse_detection, request_key
 from gatewatch.netutil import free_port
 from gatewatch.settings import GatewatchSettings
 from gatewatch.signing import DecisionSigner, DecisionVerifier
@@ -89,7 +89,7 @@ def test_attack_is_detected_banned_and_everything_stored_once(worker: Worker) ->
     bad_ip = _event(t0, "not-an-ip")  # valid JSON record that the table cannot hold
     p = producer(s)
     for event in attack + benign + [bad_ip]:
-        p.send(s.topic_requests, key=event.client_ip.encode(), value=event.to_json())
+        p.send(s.topic_requests, key=request_key(event), value=event.to_json())
     p.send(s.topic_requests, key=b"198.51.100.99", value=b'{"event_id": "broken", "ts": ')
     signer = DecisionSigner.from_settings(s)
     p.send(s.topic_decisions, key=b"ip:192.0.2.1", value=b"not a decision",
@@ -166,7 +166,7 @@ def test_restart_keeps_the_store_and_stores_nothing_twice(worker: Worker) -> Non
     first = [_event(t0 + timedelta(seconds=i), BENIGN_IPS[i % 4]) for i in range(20)]
     p = producer(s)
     for event in first:
-        p.send(s.topic_requests, key=event.client_ip.encode(), value=event.to_json())
+        p.send(s.topic_requests, key=request_key(event), value=event.to_json())
     p.flush()
     wait_for(lambda: len(_event_counts(worker)) == len(first), 30, "first batch stored")
 
@@ -176,7 +176,7 @@ def test_restart_keeps_the_store_and_stores_nothing_twice(worker: Worker) -> Non
 
     second = [_event(t0 + timedelta(seconds=30 + i), BENIGN_IPS[i % 4]) for i in range(20)]
     for event in second:
-        p.send(s.topic_requests, key=event.client_ip.encode(), value=event.to_json())
+        p.send(s.topic_requests, key=request_key(event), value=event.to_json())
     p.flush()
     p.close()
     wanted = {e.event_id for e in first + second}

@@ -1,9 +1,10 @@
-"""A worker killed with SIGKILL half-way through an attack that a re-keyed detector
-judges, then restarted, on a real Tansu broker: a BOLA enumeration (requests
-re-keyed by principal) and failed logins for one username from several IPs (the
-logins topic). The detection fires at the same request as without the kill — the
-pure detector run over the same events says which — with one detection id and
-one decision (streams/rekeyed_consumer.py, streams/checkpoints.py).
+"""A worker killed with SIGKILL half-way through an attack that a per-principal or
+re-keyed detector judges, then restarted, on a real Tansu broker: a BOLA enumeration
+(on the request topic, keyed by principal) and failed logins for one username from
+several IPs (the logins topic). The detection fires at the same request as without
+the kill — the pure detector run over the same events says which — with one
+detection id and one decision (streams/requests_consumer.py, streams/rekeyed_consumer.py,
+streams/checkpoints.py).
 
 The stuffing IPs share one request partition: the logins of several partitions
 reach the logins topic interleaved batch by batch (in a run without a kill too),
@@ -80,17 +81,18 @@ def _wait_rekeyed_committed(worker: Worker, kind: str, topic: str) -> None:
 
 
 def _kill_mid_attack(s: GatewatchSettings, tmp_path: Path, attack: list[RequestEvent], before: int,
-                     kind: str, topic: str, key: str) -> tuple[list[Detection], list, dict]:
+                     kind: str, topic: str | None, key: str) -> tuple[list[Detection], list, dict]:
     """Send ``attack[:before]`` and wait until the request consumer and the ``kind`` consumer
-    committed it; send two more and SIGKILL at once (they may or may not be handled, re-keyed
-    or committed); restart and send the rest. Returns the findings for ``key`` and the
-    restarted worker's counters."""
+    of re-keyed ``topic`` (none for ``kind`` "requests") committed it; send two more and
+    SIGKILL at once (they may or may not be handled, re-keyed or committed); restart and
+    send the rest. Returns the findings for ``key`` and the restarted worker's counters."""
     worker = Worker(s, tmp_path)
     worker.start()
     try:
         send_requests(s, attack[:before])
         wait_requests_committed(worker, before)
-        _wait_rekeyed_committed(worker, kind, topic)
+        if topic is not None:
+            _wait_rekeyed_committed(worker, kind, topic)
         send_requests(s, attack[before:before + 2])
         kill(worker)
     finally:
@@ -132,7 +134,7 @@ def test_bola_enumeration_across_a_kill_fires_at_the_same_request(worker_setting
     # 12 of the 20 ids before the kill: without the replay, the restarted worker would need
     # 20 more and fire at none of the 25.
     detections, decisions, counters = _kill_mid_attack(
-        s, tmp_path, attack, 12, "by_principal", s.topic_requests_by_principal, f"principal:{ENUMERATOR}")
+        s, tmp_path, attack, 12, "requests", None, f"principal:{ENUMERATOR}")
     _assert_once_as_without_a_kill(expected, detections, decisions)
     assert decisions[0].action == "ban" and counters.get("decisions_emitted") == 1
     assert "detector_errors" not in counters

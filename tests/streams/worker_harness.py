@@ -24,7 +24,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from gatewatch.admin_auth import auth_headers
 from gatewatch.commands import worker_command
-from gatewatch.events import RequestEvent
+from gatewatch.events import RequestEvent, request_key
 from gatewatch.settings import GatewatchSettings
 
 T = TypeVar("T")
@@ -140,7 +140,7 @@ def send_requests(settings: GatewatchSettings, events: list[RequestEvent]) -> No
     """Produce ``events`` on the request topic keyed by client IP, as the gateway does."""
     p = producer(settings)
     for event in events:
-        p.send(settings.topic_requests, key=event.client_ip.encode(), value=event.to_json())
+        p.send(settings.topic_requests, key=request_key(event), value=event.to_json())
     p.flush()
     p.close()
 
