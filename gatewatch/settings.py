@@ -447,6 +447,10 @@ class GatewatchSettings(BaseSettings):
         description="Iterated-SHA-256 rounds per counter a client tries (~256 x cost hashes to solve; "
                     "the gateway spends one derivation, ~0.5 ms at 500, to verify).")
     challenge_ttl_s: int = Field(300, ge=1, description="Seconds a challenge stays solvable.")
+    challenge_redis_url: str | None = Field(
+        None, description="redis:// URL where the gateways share the challenge solutions they accepted "
+                          "(inline/challenge_ledger.py): each passes once in all of them. None: each "
+                          "gateway process remembers its own.")
     decisions_fail_open: bool = True
     geo_lookup: str = Field("", description="'module:function' mapping a client IP to (asn, country) or None.")
     # Event spool: where events wait on disk while the broker is away.

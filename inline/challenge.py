@@ -23,18 +23,29 @@ gateway issues a challenge in ~0.07 ms and verifies a solution in ~0.5 ms (one k
 derivation). Verification runs only on requests that carry a solution whose
 signature (HMAC, cheap) is valid.
 
-What it does not do: a solution is single-use only within one gateway process
-(the set of used ones is per process and lost on restart: N gateways accept a
-solution up to N times); a challenge is not bound to the client or to the
-decision, so solutions can be farmed elsewhere (each still costs its work).
+Single use: each gateway process remembers the solutions it accepted until their
+challenge expires. Behind several gateway processes, a ledger in Redis
+(:mod:`inline.challenge_ledger`, ``gatewatch_challenge_redis_url``) makes a solution
+pass once in all of them; without one, or while Redis is away, N gateways accept a
+solution up to N times.
+
+What it does not do: the memory of used solutions without Redis is lost on
+restart; a challenge is not bound to the client or to the decision, so solutions
+can be farmed elsewhere (each still costs its work).
 """
 
 from __future__ import annotations
 
 import heapq
+import logging
 from dataclasses import dataclass
+from typing import Protocol
 
 import altcha
+
+from inline.ratelimit_redis import BackendUnavailable
+
+logger = logging.getLogger(__name__)
 
 #: Request header carrying a solved challenge (the base64 ALTCHA payload).
 SOLUTION_HEADER = "X-Gatewatch-Challenge"
@@ -63,12 +74,22 @@ class ChallengeSpec:
             raise ValueError("challenge cost and ttl_s must be >= 1")
 
 
+class SolutionLedger(Protocol):
+    """Where gateways claim the solutions they accept (:mod:`inline.challenge_ledger`)."""
+
+    async def claim(self, signature: str, expires_at: int) -> bool:
+        """True if no gateway claimed the solution before; raises ``BackendUnavailable``."""
+        ...
+
+
 class ChallengeGate:
     """Issues challenges and checks solutions (see the module docstring); remembers the
-    solutions it accepted until their challenge expires, so each passes once."""
+    solutions it accepted until their challenge expires, so each passes once — in every
+    gateway sharing ``ledger``, when one is given (:meth:`check_shared`)."""
 
-    def __init__(self, spec: ChallengeSpec) -> None:
+    def __init__(self, spec: ChallengeSpec, ledger: SolutionLedger | None = None) -> None:
         self.spec = spec
+        self.ledger = ledger
         self._used: set[str] = set()
         self._expiry: list[tuple[int, str]] = []   # (expires_at epoch s, signature) of used solutions
 
@@ -80,33 +101,62 @@ class ChallengeGate:
         return challenge.to_dict()
 
     def check(self, solution: str | None, now: float) -> str:
-        """Verdict on a request's :data:`SOLUTION_HEADER` value at ``now`` (epoch s):
-        ``"passed"`` (valid, unexpired, first use: now used), ``"missing"``, ``"replayed"``
-        or ``"invalid"`` (malformed, expired, tampered or wrong). Never raises."""
+        """Verdict on a request's :data:`SOLUTION_HEADER` value at ``now`` (epoch s), by
+        this gateway's memory only: ``"passed"`` (valid, unexpired, first use: now used),
+        ``"missing"``, ``"replayed"`` or ``"invalid"`` (malformed, expired, tampered or
+        wrong). Never raises."""
+        verdict, signature, expires_at = self._verify(solution, now)
+        if verdict != "valid":
+            return verdict
+        self._remember(signature, expires_at)
+        return "passed"
+
+    async def check_shared(self, solution: str | None, now: float) -> str:
+        """:meth:`check`, with a valid solution also claimed in the ``ledger`` (when there
+        is one): ``"replayed"`` if another gateway claimed it first. Redis away:
+        ``"passed_unshared"`` (passed, single-use in this process only: fail open).
+        Never raises."""
+        verdict, signature, expires_at = self._verify(solution, now)
+        if verdict != "valid":
+            return verdict
+        if self.ledger is None:
+            self._remember(signature, expires_at)
+            return "passed"
+        self._remember(signature, expires_at)   # before the await: a concurrent copy here is replayed
+        try:
+            first = await self.ledger.claim(signature, expires_at)
+        except BackendUnavailable as exc:
+            logger.warning("challenge ledger unavailable (%s): solution single-use in this gateway only", exc)
+            return "passed_unshared"
+        return "passed" if first else "replayed"
+
+    def _verify(self, solution: str | None, now: float) -> tuple[str, str, int]:
+        """``("valid", signature, expires_at)`` for a valid, unexpired solution not used
+        here before; else ``(verdict, "", 0)`` with the verdict of :meth:`check`."""
         if not solution:
-            return "missing"
+            return "missing", "", 0
         if len(solution) > MAX_SOLUTION_BYTES:
-            return "invalid"
+            return "invalid", "", 0
         self._forget_expired(now)
         try:
             payload = altcha.Payload.from_base64(solution)
             signature = payload.challenge.signature
             expires_at = payload.challenge.parameters.expires_at
         except Exception:   # any malformed payload (base64, JSON, fields) is just invalid
-            return "invalid"
+            return "invalid", "", 0
         if not signature or expires_at is None or expires_at <= now:
-            return "invalid"
+            return "invalid", "", 0
         if signature in self._used:
-            return "replayed"
+            return "replayed", "", 0
         try:
             verified = altcha.verify_solution(payload, self.spec.hmac_key).verified
         except Exception:
-            return "invalid"
-        if not verified:
-            return "invalid"
+            return "invalid", "", 0
+        return ("valid", signature, int(expires_at)) if verified else ("invalid", "", 0)
+
+    def _remember(self, signature: str, expires_at: int) -> None:
         self._used.add(signature)
-        heapq.heappush(self._expiry, (int(expires_at), signature))
-        return "passed"
+        heapq.heappush(self._expiry, (expires_at, signature))
 
     def __len__(self) -> int:
         """Solutions remembered as used."""

@@ -44,7 +44,8 @@ tighter GCRA limit (``gatewatch_throttle_rate_limit``) per matching client
 address and decision, 429 beyond it, so the other users of an ASN or prefix
 keep their own budgets; ``challenge`` → 403 with ``Gatewatch-Mitigated:
 challenge`` and a proof-of-work challenge, unless the request carries a solved one
-(:mod:`inline.challenge`: each solution lets one request through). A ``username``
+(:mod:`inline.challenge`: each solution lets one request through, in every gateway
+sharing ``gatewatch_challenge_redis_url``). A ``username``
 challenge spares the account's recognized sources, as a throttle does.
 
 A ``username`` throttle can instead count the login attempts on the account from
@@ -97,7 +98,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from mitmproxy import ctx, exceptions, http
@@ -109,6 +110,7 @@ from gatewatch.settings import load_settings
 from gatewatch.signing import DecisionVerifier, Headers
 from inline import brokers, flowtags
 from inline.challenge import MITIGATED_HEADER, SOLUTION_HEADER, ChallengeGate, ChallengeSpec
+from inline.challenge_ledger import LedgerSpec, RedisSolutionLedger
 from inline.flowstate import FlowFacts, answered, get_facts, json_answer
 from inline.ratelimit import GcraLimiter, format_rate_limit, parse_rate_limit, retry_after_header
 from inline.recognized_sources import RecognizedSources
@@ -165,7 +167,8 @@ class EnforcementStats:
     skipped, messages ignored for lack of a valid signature (``unsigned``: none;
     ``bad_signature``: one that does not verify), broker (re)connection
     failures, requests blocked (403), throttled (429), answered a challenge (``challenged``)
-    and let through by a solved one (``challenges_passed``), geo-hook failures, requests
+    and let through by a solved one (``challenges_passed``; ``challenges_passed_unshared``
+    while the shared ledger was away, not counted in the former), geo-hook failures, requests
     let through by an allow entry (``allow_listed``)."""
 
     applied: int = 0
@@ -178,6 +181,7 @@ class EnforcementStats:
     throttled: int = 0
     challenged: int = 0
     challenges_passed: int = 0
+    challenges_passed_unshared: int = 0
     geo_errors: int = 0
     allow_listed: int = 0
 
@@ -190,7 +194,8 @@ class Enforcement:
     ``gatewatch_fetch_max_wait_ms``, ``gatewatch_decisions_fail_open``,
     ``gatewatch_decision_prefix_v4``/``_v6``, ``gatewatch_throttle_rate_limit``,
     ``gatewatch_username_throttle_rate_limit``,
-    ``gatewatch_challenge_hmac_key``/``_cost``/``_ttl_s``, ``gatewatch_geo_lookup``,
+    ``gatewatch_challenge_hmac_key``/``_cost``/``_ttl_s``, ``gatewatch_challenge_redis_url``
+    (used solutions shared by the gateways, :mod:`inline.challenge_ledger`), ``gatewatch_geo_lookup``,
     ``gatewatch_decision_signing_key``/``_kid``,
     ``gatewatch_decision_verify_keys`` (JSON ``{kid: secret}``),
     ``gatewatch_decision_signing_required``. Runs before authentication refuses (the
@@ -211,6 +216,7 @@ class Enforcement:
         self.username_throttle: GcraLimiter | None = None
         self.recognized = RecognizedSources()
         self.challenges = ChallengeGate(ChallengeSpec(s.challenge_hmac_key, s.challenge_cost, s.challenge_ttl_s))
+        self.ledger: RedisSolutionLedger | None = None
         self.geo_lookup: GeoLookup | None = None
         self.after_login = LoginStage(self)
         self.verifier = DecisionVerifier.from_settings(s)
@@ -247,6 +253,9 @@ class Enforcement:
                           "Iterated-SHA-256 rounds per counter of a challenge (work ~256 x cost).")
         loader.add_option("gatewatch_challenge_ttl_s", int, s.challenge_ttl_s,
                           "Seconds a challenge stays solvable.")
+        loader.add_option("gatewatch_challenge_redis_url", str, s.challenge_redis_url or "",
+                          "redis:// URL where gateways share the challenge solutions they accepted "
+                          "(each passes once in all); empty: each gateway remembers its own.")
         loader.add_option("gatewatch_decision_verify_keys", str, json.dumps(s.decision_verify_keys),
                           "Further accepted decision keys, JSON {kid: secret} (key rotation).")
         loader.add_option("gatewatch_decision_signing_required", bool, s.decision_signing_required,
@@ -264,10 +273,14 @@ class Enforcement:
                 if spec is None and attr == "throttle":
                     raise exceptions.OptionsError(f"{name} cannot be 'off'")
                 setattr(self, attr, None if spec is None else GcraLimiter(spec))
-        if updated & {"gatewatch_challenge_hmac_key", "gatewatch_challenge_cost", "gatewatch_challenge_ttl_s"}:
+        if "gatewatch_challenge_redis_url" in updated:
+            self._configure_ledger(o.gatewatch_challenge_redis_url.strip())
+        if updated & {"gatewatch_challenge_hmac_key", "gatewatch_challenge_cost", "gatewatch_challenge_ttl_s",
+                      "gatewatch_challenge_redis_url"}:
             try:
                 self.challenges = ChallengeGate(ChallengeSpec(
-                    o.gatewatch_challenge_hmac_key, o.gatewatch_challenge_cost, o.gatewatch_challenge_ttl_s))
+                    o.gatewatch_challenge_hmac_key, o.gatewatch_challenge_cost, o.gatewatch_challenge_ttl_s),
+                    self.ledger)
             except ValueError as exc:
                 raise exceptions.OptionsError(str(exc)) from exc
         if "gatewatch_geo_lookup" in updated:
@@ -316,6 +329,24 @@ class Enforcement:
             self.loaded = False
             self._task = asyncio.create_task(self._follow(self.spec), name="gatewatch decisions feed")
 
+    def _configure_ledger(self, url: str) -> None:
+        """Replace the shared ledger of used solutions by one on ``url`` (none if empty).
+        Raises ``OptionsError`` for a URL that is not ``redis://``, ``rediss://`` or ``unix://``."""
+        if url and not url.startswith(("redis://", "rediss://", "unix://")):
+            raise exceptions.OptionsError(f"gatewatch_challenge_redis_url: {url!r} is not redis://, rediss:// or unix://")
+        if (self.ledger.spec.url if self.ledger else "") == url:
+            return
+        old = self.ledger
+        try:
+            self.ledger = RedisSolutionLedger(LedgerSpec(url)) if url else None
+        except ValueError as exc:  # a URL redis-py cannot parse
+            raise exceptions.OptionsError(f"gatewatch_challenge_redis_url: {exc}") from exc
+        if old is not None:
+            try:
+                asyncio.get_running_loop().create_task(old.close())
+            except RuntimeError:  # no loop yet (load time): it never connected
+                pass
+
     def running(self) -> None:
         brokers.quiet_aiokafka_errors()
         if self._task is None and self.spec is not None:
@@ -329,6 +360,8 @@ class Enforcement:
             except (asyncio.CancelledError, asyncio.TimeoutError):
                 pass
             self._task = None
+        if self.ledger is not None:
+            await self.ledger.close()
 
     def geo(self, facts: FlowFacts) -> GeoInfo | None:
         """``(asn, country)`` of the client — only while asn/country decisions exist.
@@ -348,10 +381,13 @@ class Enforcement:
             logger.warning("geo lookup failed for a client: %s: %s", type(exc).__name__, exc)
             return None
 
-    def request(self, flow: http.HTTPFlow) -> None:
+    def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        """Enforce the decision matching ``flow``, if any. Returns an awaitable (mitmproxy
+        awaits a hook's awaitable) only when a solved challenge is checked with the
+        shared ledger; every other request is judged synchronously."""
         facts = get_facts(flow)
         if facts is None or answered(flow) or flowtags.allow_listed(flow):
-            return
+            return None
         if not self.loaded and self.spec is not None and not self.spec.fail_open:
             json_answer(flow, 503, {"error": "unavailable", "detail": "decisions not loaded yet"},
                         "decision", {"Retry-After": "1"})
@@ -366,13 +402,13 @@ class Enforcement:
             flowtags.mark_allow_listed(flow)   # so rate limiting and the login stage skip it too
             return
         active = self.store.match(now, client_ip=facts.client_ip, principal=facts.principal, geo=geo)
-        if active is not None:
-            self.enforce(flow, facts, active, now)
+        return None if active is None else self.enforce(flow, facts, active, now)
 
-    def enforce(self, flow: http.HTTPFlow, facts: FlowFacts, active: Active, now: float) -> None:
+    def enforce(self, flow: http.HTTPFlow, facts: FlowFacts, active: Active, now: float) -> Awaitable[None] | None:
         """Answer ``flow`` for decision ``active``: 403 for a ban; for a challenge, 403 with
         a challenge unless the request carries a solved one; for a throttle, 429 once the
-        client exceeds the throttle limit (else the request passes)."""
+        client exceeds the throttle limit (else the request passes). Returns what
+        :meth:`challenge` returns, else None."""
         if active.action == "ban":
             self.stats.blocked += 1
             facts.decision_id = active.id
@@ -383,9 +419,7 @@ class Enforcement:
         recognized = active.scope == "username" and bool(facts.username_hash) and self.recognized.recognized(
             facts.username_hash, facts.client_ip, now)
         if active.action == "challenge":
-            if not recognized:
-                self.challenge(flow, facts, active, now)
-            return
+            return None if recognized else self.challenge(flow, facts, active, now)
         if active.scope == "username" and self.username_throttle is not None and not recognized:
             limiter, bucket = self.username_throttle, active.key()   # the account, from any unrecognized source
         else:
@@ -401,12 +435,30 @@ class Enforcement:
             json_answer(flow, 429, {"error": "rate_limited", "scope": "throttle", "decision_id": active.id,
                                     "retry_after_s": int(header)}, "rate_limit", {"Retry-After": header})
 
-    def challenge(self, flow: http.HTTPFlow, facts: FlowFacts, active: Active, now: float) -> None:
+    def challenge(self, flow: http.HTTPFlow, facts: FlowFacts, active: Active, now: float) -> Awaitable[None] | None:
         """Let ``flow`` through if it carries a solved challenge (the header is removed before
-        the upstream sees it), else answer 403 with a fresh challenge (:mod:`inline.challenge`)."""
-        verdict = self.challenges.check(flow.request.headers.pop(SOLUTION_HEADER, None), now)
+        the upstream sees it), else answer 403 with a fresh challenge (:mod:`inline.challenge`).
+        With a shared ledger, a solution is claimed in Redis first: the returned awaitable
+        does that (None when there is nothing to claim)."""
+        solution = flow.request.headers.pop(SOLUTION_HEADER, None)
+        if solution and self.challenges.ledger is not None:
+            return self._challenge_shared(flow, facts, active, now, solution)
+        self._answer_challenge(flow, facts, active, now, self.challenges.check(solution, now))
+        return None
+
+    async def _challenge_shared(self, flow: http.HTTPFlow, facts: FlowFacts, active: Active, now: float,
+                                solution: str) -> None:
+        verdict = await self.challenges.check_shared(solution, now)
+        if not answered(flow):   # the flow was not killed while Redis was asked
+            self._answer_challenge(flow, facts, active, now, verdict)
+
+    def _answer_challenge(self, flow: http.HTTPFlow, facts: FlowFacts, active: Active, now: float,
+                          verdict: str) -> None:
         if verdict == "passed":
             self.stats.challenges_passed += 1
+            return
+        if verdict == "passed_unshared":
+            self.stats.challenges_passed_unshared += 1
             return
         self.stats.challenged += 1
         facts.decision_id = active.id
@@ -480,14 +532,15 @@ class LoginStage:
         if facts is not None and facts.login == "success" and facts.username_hash:
             self.enforcement.recognized.remember(facts.username_hash, facts.client_ip, time.time())
 
-    def request(self, flow: http.HTTPFlow) -> None:
+    def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        """Enforce the ``username`` decision matching ``flow``'s login attempt, if any (an
+        awaitable as :meth:`Enforcement.request`)."""
         facts = get_facts(flow)
         if facts is None or not facts.username_hash or answered(flow) or flowtags.allow_listed(flow):
-            return
+            return None
         store = self.enforcement.store
         if not store.count("username"):
-            return
+            return None
         now = time.time()
         active = store.match(now, username_hash=facts.username_hash)
-        if active is not None:
-            self.enforcement.enforce(flow, facts, active, now)
+        return None if active is None else self.enforcement.enforce(flow, facts, active, now)

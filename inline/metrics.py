@@ -134,8 +134,10 @@ class _Collector:
                             ("malformed",): st.malformed})
             yield _counter("gatewatch_challenges",
                            "Requests under a challenge decision, by outcome: answered a challenge (403) or "
-                           "let through by a solved one (inline/challenge.py).", ("outcome",),
-                           {("challenged",): st.challenged, ("passed",): st.challenges_passed})
+                           "let through by a solved one (inline/challenge.py; passed_unshared: let through "
+                           "while the shared ledger in Redis was away).", ("outcome",),
+                           {("challenged",): st.challenged, ("passed",): st.challenges_passed,
+                            ("passed_unshared",): st.challenges_passed_unshared})
         yield _counter("gatewatch_requests_rejected",
                        "HTTP/1 request heads refused before parsing (431/414), by reason.",
                        ("reason",), {(k,): n for k, n in size_limits.rejected.items()})

@@ -52,6 +52,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from redis.asyncio import Redis
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from inline.gcra import LimitState, RateSpec, Verdict
@@ -153,6 +154,23 @@ def parse_reply(reply: Sequence[int], count: int) -> Verdict:
     return Verdict(int(reply[0]) == 1, states)
 
 
+def redis_client(url: str) -> Redis:
+    """A ``redis.asyncio`` client of ``url`` as the gateway uses Redis: a blocking pool of
+    at most :data:`MAX_CONNECTIONS` (beyond, a call waits for a connection within its
+    timeout instead of failing at once), :data:`SOCKET_TIMEOUT_S` socket timeouts, no
+    retries (each caller's timeout is its whole budget). It connects on first use.
+    Raises ``ValueError`` for a URL redis-py cannot parse."""
+    from redis.asyncio import BlockingConnectionPool
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
+    pool = BlockingConnectionPool.from_url(
+        url, max_connections=MAX_CONNECTIONS, timeout=SOCKET_TIMEOUT_S,
+        socket_timeout=SOCKET_TIMEOUT_S, socket_connect_timeout=SOCKET_TIMEOUT_S,
+        retry=Retry(NoBackoff(), 0))
+    return Redis(connection_pool=pool)
+
+
 class RedisGcra:
     """GCRA over Redis (see the module docstring). Create it anywhere (it connects
     on first use, inside the running event loop); :meth:`close` it in ``done()``.
@@ -162,19 +180,9 @@ class RedisGcra:
     """
 
     def __init__(self, spec: RedisSpec, clock: Callable[[], float] = time.monotonic) -> None:
-        from redis.asyncio import BlockingConnectionPool, Redis
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
-
         self.spec = spec
         self.clock = clock
-        # A blocking pool: beyond MAX_CONNECTIONS calls in flight, a call waits for a
-        # connection (within its timeout) instead of failing at once.
-        pool = BlockingConnectionPool.from_url(
-            spec.url, max_connections=MAX_CONNECTIONS, timeout=SOCKET_TIMEOUT_S,
-            socket_timeout=SOCKET_TIMEOUT_S, socket_connect_timeout=SOCKET_TIMEOUT_S,
-            retry=Retry(NoBackoff(), 0))
-        self.client = Redis(connection_pool=pool)
+        self.client = redis_client(spec.url)
         self.script = self.client.register_script(SCRIPT)
         self.calls = 0
         self._consecutive = 0

@@ -1,13 +1,17 @@
-"""Proof-of-work challenges (inline/challenge.py), solved with altcha's own solver."""
+"""Proof-of-work challenges (inline/challenge.py), solved with altcha's own solver; the shared
+ledger of used solutions (inline/challenge_ledger.py) on a real redis-server."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import altcha
 import pytest
 
 from inline.challenge import ChallengeGate, ChallengeSpec
+from inline.challenge_ledger import DEFAULT_PREFIX, LedgerSpec, RedisSolutionLedger
+from redis_testkit import RedisServer, redis_server  # noqa: F401  (fixture)
 
 KEY = "test-challenge-key"
 
@@ -51,3 +55,37 @@ def test_missing_malformed_forged_and_foreign_solutions_are_refused():
 def test_bad_specs_raise(kwargs):
     with pytest.raises(ValueError):
         ChallengeSpec(**kwargs)
+
+
+def test_gates_sharing_a_redis_ledger_pass_a_solution_once_in_all(redis_server: RedisServer):  # noqa: F811
+    """Two gates with their own ledger clients on one real redis-server, as two gateway
+    processes: the first claim wins, the key expires with the challenge, invalid
+    solutions never reach Redis, and a hung Redis passes the solution unshared."""
+    async def go() -> None:
+        ledgers = [RedisSolutionLedger(LedgerSpec(redis_server.url)) for _ in range(2)]
+        first, second = (ChallengeGate(ChallengeSpec(KEY, cost=10, ttl_s=60), ledger) for ledger in ledgers)
+        try:
+            now = time.time()
+            solution = solved(first, now)
+            assert await first.check_shared(solution, now) == "passed"
+            assert await second.check_shared(solution, now) == "replayed"
+            assert await first.check_shared(solution, now) == "replayed"   # its own memory, no claim
+            signature = altcha.Payload.from_base64(solution).challenge.signature
+            assert 55 <= await ledgers[0].client.ttl(DEFAULT_PREFIX + signature) <= 61
+            assert [ledger.claims for ledger in ledgers] == [1, 1]
+            assert await second.check_shared("not a payload", now) == "invalid"
+            assert await second.check_shared(None, now) == "missing"
+            assert [ledger.claims for ledger in ledgers] == [1, 1]
+
+            redis_server.pause()
+            try:
+                hung = solved(second, now)
+                assert await second.check_shared(hung, now) == "passed_unshared"
+                assert await second.check_shared(hung, now) == "replayed"
+                assert ledgers[1].failures == 1
+            finally:
+                redis_server.resume()
+        finally:
+            for ledger in ledgers:
+                await ledger.close()
+    asyncio.run(go())

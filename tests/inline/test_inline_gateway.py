@@ -32,6 +32,7 @@ from gatewatch.signing import DecisionSigner
 from inline.challenge import SOLUTION_HEADER
 from inline.login import username_hash
 from inline_testkit import mitmdump, upstream_server
+from redis_testkit import RedisServer, redis_server  # noqa: F401  (fixture)
 
 POLL_S = 10.0   # upper bound of every "wait until" loop; tests never assert on timing
 
@@ -489,3 +490,37 @@ def test_client_identity_lists_and_metrics(start_gateway: Callable[..., Gateway]
     assert value("gatewatch_broker_send_latency_seconds_count") == value("gatewatch_events_sent_total")
     assert value("gatewatch_event_queue_depth") == 0 and value("gatewatch_events_dropped_total") == 0
     assert ("gatewatch_spool_bytes", ()) in metrics
+
+
+def test_two_gateways_sharing_redis_let_a_solved_challenge_through_once(
+        start_gateway: Callable[..., Gateway], redis_server: RedisServer):  # noqa: F811
+    """With ``challenge_redis_url`` (inline/challenge_ledger.py) a solution accepted by one
+    gateway process is refused as replayed by another; with Redis gone, each gateway falls
+    back to its own memory (fail open: passes once per gateway, as without Redis)."""
+    first = start_gateway(challenge_redis_url=redis_server.url)
+    second = start_gateway(challenge_redis_url=redis_server.url)
+    s = first.settings
+    ip_challenge = decision("ip", "127.0.0.61", action="challenge")
+    publish(s, ip_challenge.key().encode(), ip_challenge.to_json())
+    with first.client("127.0.0.61") as via_first, second.client("127.0.0.61") as via_second:
+        def get(client: httpx.Client, **headers: str) -> httpx.Response:
+            return client.get("/users/1", headers={"X-API-Key": first.alice, **headers})
+
+        def solve(answer: httpx.Response) -> str:
+            challenge = altcha.Challenge.from_dict(answer.json()["challenge"])
+            return altcha.Payload(challenge, altcha.solve_challenge(challenge)).to_base64()
+
+        asked = wait_for_status(lambda: get(via_first), 403)
+        assert wait_for_status(lambda: get(via_second), 403).status_code == 403
+        solution = solve(asked)
+        assert get(via_first, **{SOLUTION_HEADER: solution}).status_code == 200
+        replayed = get(via_second, **{SOLUTION_HEADER: solution})
+        assert replayed.status_code == 403 and replayed.json()["solution"] == "replayed"
+        assert get(via_second, **{SOLUTION_HEADER: solve(replayed)}).status_code == 200   # a fresh one passes
+
+        redis_server.kill()
+        unshared = solve(get(via_first))
+        assert get(via_first, **{SOLUTION_HEADER: unshared}).status_code == 200
+        again = get(via_first, **{SOLUTION_HEADER: unshared})
+        assert again.status_code == 403 and again.json()["solution"] == "replayed"   # this gateway remembers
+        assert get(via_second, **{SOLUTION_HEADER: unshared}).status_code == 200    # the other cannot know
