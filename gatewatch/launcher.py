@@ -79,8 +79,9 @@ class Stack:
     ``gateway_workers`` gateway processes run on the minimal master
     (:mod:`inline.serve`); with more than one they share the listening port
     through ``SO_REUSEPORT`` and each has its own metrics port and event spool.
-    Several processes share rate-limit state in Redis: the configured
-    ``rate_limit_redis_url``, or a ``redis-server`` started here.
+    Several processes share rate-limit state and used challenge solutions in Redis:
+    the configured ``rate_limit_redis_url``, or a ``redis-server`` started here (also
+    the ``challenge_redis_url`` unless one is configured).
 
     ``sample_api_args`` are further command-line options of the sample API
     (see :mod:`gatewatch.sample_api`, e.g. ``["--users", "400"]``).
@@ -230,19 +231,26 @@ class Stack:
     def _start_shared_state(self, timeout_s: float) -> None:
         """With several gateway processes and no Redis configured, start a local
         ``redis-server`` (Debian package) so that they share rate-limit state; without
-        the binary, each process keeps its own counts (a warning in the log)."""
-        if self.gateway_workers < 2 or self.settings.rate_limit_redis_url:
+        the binary, each process keeps its own counts (a warning in the log). The
+        same Redis keeps their used challenge solutions unless ``challenge_redis_url``
+        names another."""
+        if self.gateway_workers < 2:
             return
-        binary = shutil.which("redis-server")
-        if binary is None:
-            logger.warning("redis-server not found: %d gateway processes keep separate rate-limit "
-                           "counts (each admits the full limit)", self.gateway_workers)
-            return
-        port = free_port()
-        part = self._spawn("redis", [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
-                                     "--appendonly", "no"], f"redis://127.0.0.1:{port}/0")
-        self._wait_port(part, "127.0.0.1", port, timeout_s)
-        self.settings = self.settings.model_copy(update={"rate_limit_redis_url": part.address})
+        url = self.settings.rate_limit_redis_url
+        if not url:
+            binary = shutil.which("redis-server")
+            if binary is None:
+                logger.warning("redis-server not found: %d gateway processes keep separate rate-limit "
+                               "counts and used challenge solutions (each admits the full limit, and "
+                               "a solution once per process)", self.gateway_workers)
+                return
+            port = free_port()
+            part = self._spawn("redis", [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+                                         "--appendonly", "no"], f"redis://127.0.0.1:{port}/0")
+            self._wait_port(part, "127.0.0.1", port, timeout_s)
+            url = part.address
+        self.settings = self.settings.model_copy(update={
+            "rate_limit_redis_url": url, "challenge_redis_url": self.settings.challenge_redis_url or url})
 
     def _start_gateways(self, timeout_s: float) -> None:
         self._start_shared_state(timeout_s)

@@ -94,6 +94,10 @@ def test_gateway_workers_share_one_port(tmp_path: Path, sample_api: str, setting
     pids = [int(p) for p in re.findall(r"gateway-\d\s+\S+\s+pid (\d+)", out)]
     redis_pid = [int(p) for p in re.findall(r"redis\s+\S+\s+pid (\d+)", out)]
     assert len(redis_pid) == 1, "several gateway processes share rate-limit state in a redis-server"
+    for pid in pids:   # and the used challenge solutions, in the same one
+        environ = dict(item.split("=", 1) for item in
+                       Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in item)
+        assert environ["GATEWATCH_CHALLENGE_REDIS_URL"] == environ["GATEWATCH_RATE_LIMIT_REDIS_URL"] != "", out
     metrics = re.findall(r"metrics\s+(\S+)", out)
     try:
         assert len(pids) == 2 and len(metrics) == 2, out
