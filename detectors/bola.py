@@ -302,18 +302,7 @@ class BolaDetector:
             return []
         ts = event.ts
         who = ("principal", event.principal) if event.principal else ("ip", event.client_ip)
-        principals = self._principals
-        state = principals.get(who)
-        if state is None:
-            state = principals[who] = _Principal({}, OrderedDict(), ts)
-            if self._oldest is None:
-                self._oldest = state
-        else:
-            principals.move_to_end(who)
-            if state is self._oldest:
-                self._oldest = next(iter(principals.values()))
-            if ts > state.last_seen:
-                state.last_seen = ts
+        state = self._state(who, ts)
         status = event.status
         if 200 <= status < 300:
             self._give(state.given, values)
@@ -332,6 +321,35 @@ class BolaDetector:
         if len(window.ids) < self._min_distinct or len(window.denied) < self._min_denied:
             return []
         return self._check(who, event, window)
+
+    def give(self, principal: str, path: str, route: str, ts: datetime) -> bool:
+        """Remember the object id of ``path`` (matched against ``route``) as given to
+        ``principal`` at ``ts``, as a 2xx upstream answer would, judging nothing: how a
+        worker restores, from the store, the ids given before its replay span. Call it on
+        a fresh detector, all principals' ids in one ``ts`` order, oldest first, before any
+        :meth:`process` (the order principals are forgotten in follows it). Returns False
+        if ``path`` holds no object id of ``route``."""
+        values = object_id(path, route) if "{" in route else None
+        if values is None:
+            return False
+        self._give(self._state(("principal", principal), ts).given, values)
+        return True
+
+    def _state(self, who: tuple[str, str], ts: datetime) -> _Principal:
+        """The state of ``who``, created if new, moved to the most recently seen end."""
+        principals = self._principals
+        state = principals.get(who)
+        if state is None:
+            state = principals[who] = _Principal({}, OrderedDict(), ts)
+            if self._oldest is None:
+                self._oldest = state
+            return state
+        principals.move_to_end(who)
+        if state is self._oldest:
+            self._oldest = next(iter(principals.values()))
+        if ts > state.last_seen:
+            state.last_seen = ts
+        return state
 
     def _give(self, given: OrderedDict[str, None], values: tuple[str, ...]) -> None:
         """Remember ``values`` as given to a principal (most recent last), at most

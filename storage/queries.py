@@ -287,6 +287,25 @@ QUERIES: dict[str, NamedQuery] = {
             ORDER BY principal
         """,
     ),
+    "bola_given": NamedQuery(
+        columns=("principal", "route", "path", "last_s"),
+        description=("Per principal, the distinct paths of its 2xx upstream answers on routes with a "
+                     "{parameter}, outside login attempts, with since <= ts < until: last_s (epoch s of "
+                     "the latest), the `known` (default 10,000) latest paths of each principal. The ids "
+                     "the BOLA detector restores as given after a restart (streams/detect_bola.py)."),
+        params={"since": _SINCE, "until": _UNTIL,
+                "known": Param(_rows, default=10_000, help="paths per principal, 1..5000000")},
+        sql="""
+            SELECT principal, route, path, toUnixTimestamp64Milli(max(ts)) / 1000 AS last_s
+            FROM requests
+            WHERE ts >= {since:DateTime64(3, 'UTC')} AND ts < {until:DateTime64(3, 'UTC')}
+              AND principal != '' AND login IS NULL AND answered_by = 'upstream'
+              AND status >= 200 AND status < 300 AND position(route, '{') > 0
+            GROUP BY principal, route, path
+            ORDER BY principal, last_s DESC, path
+            LIMIT {known:UInt32} BY principal
+        """,
+    ),
     "latency_raised": NamedQuery(
         columns=("series", "raised_at", "severity", "baseline_p95_ms", "baseline_p50_ms"),
         description=("Latency series whose last stored latency_regression detection with since <= ts < "

@@ -95,7 +95,7 @@ def _detector(partition: int) -> CredentialStuffingDetector:
 def _bola_detector(partition: int) -> BolaDetector:
     detector = bola_detectors.get(partition)
     if detector is None:
-        detector = bola_detectors[partition] = detect_bola.detector()
+        detector = bola_detectors[partition] = detect_bola.detector(partition)
     return detector
 
 

@@ -23,7 +23,7 @@ from gatewatch import geoip
 from gatewatch.events import RequestEvent, new_id, parse_detection
 from gatewatch.netutil import free_port
 from gatewatch.settings import GatewatchSettings
-from worker_harness import read_topic, running_worker, send_requests, wait_for
+from worker_harness import read_topic, running_worker, send_requests, wait_for, wait_requests_stored
 
 RESIDENT = "key-resident"
 LONDON_IP, CALIFORNIA_IP = "81.2.69.160", "8.8.8.8"
@@ -58,13 +58,10 @@ def test_a_new_country_after_a_restart_is_judged_on_the_stored_history(
     learned = [_call(t0 + timedelta(minutes=10 * i), LONDON_IP, "GB") for i in range(8)]
     recent = _call(datetime.now(timezone.utc) - timedelta(minutes=1), LONDON_IP, "GB")
     with running_worker(s, tmp_path) as first:
-        def stored(n: int) -> int | None:
-            rows = {r[0]: r[1] for r in first.query("table_counts")["rows"]}
-            return rows.get("requests") if rows.get("requests") == n else None
         send_requests(s, learned)
-        wait_for(lambda: stored(len(learned)), 60, "the London calls stored")
+        wait_requests_stored(first, len(learned), "the London calls stored")
         send_requests(s, [recent])   # a later batch: the only one within the replay span
-        wait_for(lambda: stored(len(learned) + 1), 60, "the recent call stored")
+        wait_requests_stored(first, len(learned) + 1, "the recent call stored")
     assert _new_countries(s) == []
 
     with running_worker(s, tmp_path) as second:

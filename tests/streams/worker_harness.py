@@ -132,12 +132,20 @@ def wait_requests_committed(worker: Worker, n: int) -> None:
              and h["requests_committed"] >= n, 30, f"{n} events stored and committed")
 
 
+def wait_requests_stored(worker: Worker, n: int, what: str, timeout_s: float = 60) -> None:
+    """Return once the store holds exactly ``n`` request rows (named query ``table_counts``)."""
+    def stored() -> bool:
+        rows = {r[0]: r[1] for r in worker.query("table_counts")["rows"]}
+        return rows.get("requests") == n
+    wait_for(stored, timeout_s, what)
+
+
 def producer(settings: GatewatchSettings) -> KafkaProducer:
     return KafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=5)
 
 
 def send_requests(settings: GatewatchSettings, events: list[RequestEvent]) -> None:
-    """Produce ``events`` on the request topic keyed by client IP, as the gateway does."""
+    """Produce ``events`` on the request topic keyed as the gateway keys them (``request_key``)."""
     p = producer(settings)
     for event in events:
         p.send(settings.topic_requests, key=request_key(event), value=event.to_json())
