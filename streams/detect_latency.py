@@ -16,7 +16,9 @@ store: before by-route partitions are placed (:func:`load_raised`, the consumer'
 assignment hook) the stored detections say which series' last regression has no
 recovery after it (named query ``latency_raised``, over ``latency.state_ttl_s``);
 such a series starts raised, judged against that regression's baseline, so it is
-not raised a second time and its recovery is reported. Exact: the open minute
+not raised a second time and its recovery is reported; replayed windows that had
+closed by the time it was raised are skipped (a re-keyed message can span minutes
+before the regression, and their fast windows are not its recovery). Exact: the open minute
 windows (their percentiles below ``max_samples_per_window``; above it the
 reservoir's random draws differ) and whether a route is raised. Not exact: the
 baseline of a route that is not raised, and the runs of bad and good windows —
