@@ -9,8 +9,8 @@ first gateway to claim it lets the request through, every later claim, from any
 gateway, finds the key and answers ``replayed``. The key expires with the
 challenge, so Redis forgets a solution when it could no longer pass anyway.
 
-**Failure.** A claim is bounded by ``timeout_s`` (default 50 ms: only requests that
-carry a solution wait for it). Redis slow, down or answering garbage: :meth:`claim`
+**Failure.** A claim is bounded by the spec's ``timeout_s`` (:data:`CLAIM_TIMEOUT_S`,
+50 ms: only requests that carry a solution wait for it). Redis slow, down or answering garbage: :meth:`claim`
 raises :class:`inline.ratelimit_redis.BackendUnavailable`; the gateway then falls
 back to its own memory (**fail open**: the solution passes once per gateway
 process, as without Redis; counted in ``gatewatch_challenges_total{outcome=
@@ -23,22 +23,19 @@ Reference: Redis docs "SET" (``NX``, ``EXAT``); redis-py ``redis.asyncio``.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 
-from inline.ratelimit_redis import BackendUnavailable, redis_client
+from inline.ratelimit_redis import BackendUnavailable, RedisSpec, redis_client
 
 #: Prefix of the keys of used solutions (followed by the challenge's signature).
 DEFAULT_PREFIX = "gatewatch:challenge:"
+#: Longest wait for a claim, seconds (only requests carrying a solution wait for it).
+CLAIM_TIMEOUT_S = 0.05
 
 
-@dataclass(frozen=True)
-class LedgerSpec:
+def ledger_spec(url: str) -> RedisSpec:
     """Where the used solutions live: ``url`` (``redis://``, ``rediss://``, ``unix://``),
-    ``timeout_s`` per claim (seconds), key ``prefix``."""
-
-    url: str
-    timeout_s: float = 0.05
-    prefix: str = DEFAULT_PREFIX
+    :data:`CLAIM_TIMEOUT_S` per claim, keys under :data:`DEFAULT_PREFIX`."""
+    return RedisSpec(url, CLAIM_TIMEOUT_S, DEFAULT_PREFIX)
 
 
 class RedisSolutionLedger:
@@ -46,7 +43,7 @@ class RedisSolutionLedger:
     connects on first use, inside the running event loop); :meth:`close` it in ``done()``.
     Counters: ``claims`` (answered by Redis), ``failures``."""
 
-    def __init__(self, spec: LedgerSpec) -> None:
+    def __init__(self, spec: RedisSpec) -> None:
         self.spec = spec
         self.client = redis_client(spec.url)
         self.claims = 0
@@ -56,7 +53,7 @@ class RedisSolutionLedger:
         """Claim the solution of the challenge signed ``signature``, valid until
         ``expires_at`` (epoch s): True if no gateway claimed it before, False if one did.
         Raises :class:`BackendUnavailable` (reason ``timeout`` or ``error``) when Redis
-        does not answer within ``timeout_s`` or fails."""
+        does not answer within ``spec.timeout_s`` or fails."""
         key = self.spec.prefix + signature
         try:
             created = await asyncio.wait_for(self.client.set(key, b"1", nx=True, exat=int(expires_at)),

@@ -110,7 +110,7 @@ from gatewatch.settings import load_settings
 from gatewatch.signing import DecisionVerifier, Headers
 from inline import brokers, flowtags
 from inline.challenge import MITIGATED_HEADER, SOLUTION_HEADER, ChallengeGate, ChallengeSpec
-from inline.challenge_ledger import LedgerSpec, RedisSolutionLedger
+from inline.challenge_ledger import RedisSolutionLedger, ledger_spec
 from inline.flowstate import FlowFacts, answered, get_facts, json_answer
 from inline.ratelimit import GcraLimiter, format_rate_limit, parse_rate_limit, retry_after_header
 from inline.recognized_sources import RecognizedSources
@@ -338,7 +338,7 @@ class Enforcement:
             return
         old = self.ledger
         try:
-            self.ledger = RedisSolutionLedger(LedgerSpec(url)) if url else None
+            self.ledger = RedisSolutionLedger(ledger_spec(url)) if url else None
         except ValueError as exc:  # a URL redis-py cannot parse
             raise exceptions.OptionsError(f"gatewatch_challenge_redis_url: {exc}") from exc
         if old is not None:

@@ -10,7 +10,7 @@ import altcha
 import pytest
 
 from inline.challenge import ChallengeGate, ChallengeSpec
-from inline.challenge_ledger import DEFAULT_PREFIX, LedgerSpec, RedisSolutionLedger
+from inline.challenge_ledger import DEFAULT_PREFIX, RedisSolutionLedger, ledger_spec
 from redis_testkit import RedisServer, redis_server  # noqa: F401  (fixture)
 
 KEY = "test-challenge-key"
@@ -62,7 +62,7 @@ def test_gates_sharing_a_redis_ledger_pass_a_solution_once_in_all(redis_server: 
     processes: the first claim wins, the key expires with the challenge, invalid
     solutions never reach Redis, and a hung Redis passes the solution unshared."""
     async def go() -> None:
-        ledgers = [RedisSolutionLedger(LedgerSpec(redis_server.url)) for _ in range(2)]
+        ledgers = [RedisSolutionLedger(ledger_spec(redis_server.url)) for _ in range(2)]
         first, second = (ChallengeGate(ChallengeSpec(KEY, cost=10, ttl_s=60), ledger) for ledger in ledgers)
         try:
             now = time.time()
