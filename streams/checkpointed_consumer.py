@@ -259,9 +259,9 @@ class CheckpointedConsumer:
         """A low watermark (epoch s) bounding the replay span of ``partition``, or None."""
         return None
 
-    async def _before_new_partitions(self) -> None:
-        """Called on an assignment with partitions not read here before, before they are
-        placed (and replayed): state the detectors read from elsewhere is loaded here."""
+    async def _before_new_partitions(self, new: list[int]) -> None:
+        """Called on an assignment with partitions not read here before (``new``), before
+        they are placed (and replayed): state the detectors read from elsewhere is loaded here."""
 
     def _background(self) -> list[Coroutine[Any, Any, None]]:
         """Coroutines run as tasks while the consumer runs (a dead one stops the worker)."""
@@ -555,8 +555,9 @@ class CheckpointedConsumer:
         Tansu (its offset answers are unreliable)."""
         assert self._consumer is not None
         mine = [tp for tp in assigned if tp.topic == self.topic]
-        if any(tp.partition not in self._last_read for tp in mine):
-            await self._before_new_partitions()
+        new = [tp.partition for tp in mine if tp.partition not in self._last_read]
+        if new:
+            await self._before_new_partitions(new)
             # Another worker may have owned them: its latest checkpoints are on the topic.
             wanted = [checkpoint_key(self.group, self.topic, tp.partition) for tp in mine
                       if tp.partition not in self._last_read]

@@ -52,12 +52,13 @@ log = logging.getLogger(__name__)
 _given: dict[int, list[tuple[float, str, str, str]]] = {}
 
 
-async def load_given(partitions: int, now: datetime | None = None) -> int:
+async def load_given(partitions: int, wanted: list[int], now: datetime | None = None) -> int:
     """Read from the store the paths of 2xx answers to each principal over the
     ``bola.state_ttl_s`` seconds up to :data:`REPLAY_S` before ``now`` (default: the
     current time), sorted by the request partition (of ``partitions``) its key picks
-    (:func:`gatewatch.events.request_key`). Returns how many; on a store error nothing
-    is restored (``bola_given_errors``)."""
+    (:func:`gatewatch.events.request_key`); those of the ``wanted`` partitions (new to
+    this worker) are kept. Returns how many rows were read; on a store error nothing is
+    restored (``bola_given_errors``)."""
     global _given
     until = (now or datetime.now(timezone.utc)) - timedelta(seconds=REPLAY_S)
     span_s = max(0.0, settings.bola.state_ttl_s - REPLAY_S)
@@ -72,13 +73,15 @@ async def load_given(partitions: int, now: datetime | None = None) -> int:
     given: dict[int, list[tuple[float, str, str, str]]] = {}
     for principal, route, path, last_s in rows:
         partition = partition_for(f"principal:{principal}".encode(), partitions)
+        if partition not in wanted:
+            continue
         given.setdefault(partition, []).append((float(last_s), str(principal), str(route), str(path)))
     for items in given.values():
         items.sort()
     _given = given
     counters.incr("bola_given_loads")
-    log.info("BOLA: %d given paths of %d principals read from the store", len(rows),
-             len({principal for items in given.values() for _, principal, _, _ in items}))
+    log.info("BOLA: %d given paths read from the store; %d principals kept for partitions %s", len(rows),
+             len({principal for items in given.values() for _, principal, _, _ in items}), sorted(wanted))
     return len(rows)
 
 

@@ -90,7 +90,7 @@ class RekeyedConsumer(CheckpointedConsumer):
     def _committable(self) -> dict[int, int]:
         return self._handled
 
-    async def _before_new_partitions(self) -> None:
+    async def _before_new_partitions(self, new: list[int]) -> None:
         if self.on_new_partitions is not None:
             await self.on_new_partitions()
 

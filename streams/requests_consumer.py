@@ -85,8 +85,8 @@ class RequestsConsumer(CheckpointedConsumer):
     def _forget(self, partition: int) -> None:
         detect_requests.forget(partition)
 
-    async def _before_new_partitions(self) -> None:
-        await detect_bola.load_given(detect_requests.PARTITIONS[settings.topic_requests])
+    async def _before_new_partitions(self, new: list[int]) -> None:
+        await detect_bola.load_given(detect_requests.PARTITIONS[settings.topic_requests], new)
 
     async def _before_commit(self) -> None:
         await detect_requests.flush()
