@@ -322,17 +322,21 @@ class BolaDetector:
             return []
         return self._check(who, event, window)
 
-    def give(self, principal: str, path: str, route: str, ts: datetime) -> bool:
-        """Remember the object id of ``path`` (matched against ``route``) as given to
-        ``principal`` at ``ts``, as a 2xx upstream answer would, judging nothing: how a
-        worker restores, from the store, the ids given before its replay span. Call it on
-        a fresh detector, all principals' ids in one ``ts`` order, oldest first, before any
-        :meth:`process` (the order principals are forgotten in follows it). Returns False
-        if ``path`` holds no object id of ``route``."""
+    def give(self, scope: str, value: str, path: str, route: str, ts: datetime) -> bool:
+        """Remember the object id of ``path`` (matched against ``route``) as given to the
+        caller ``scope``/``value`` (``"principal"`` and its id, or ``"ip"`` and the address
+        text of an anonymous caller, as :meth:`process` keys them) at ``ts``, as a 2xx
+        upstream answer would, judging nothing: how a worker restores, from the store, the
+        ids given before its replay span. Call it on a fresh detector, all callers' ids in
+        one ``ts`` order, oldest first, before any :meth:`process` (the order callers are
+        forgotten in follows it). Returns False if ``path`` holds no object id of
+        ``route``; raises ValueError for another ``scope``."""
+        if scope not in ("principal", "ip"):
+            raise ValueError(f"scope must be 'principal' or 'ip', got {scope!r}")
         values = object_id(path, route) if "{" in route else None
         if values is None:
             return False
-        self._give(self._state(("principal", principal), ts).given, values)
+        self._give(self._state((scope, value), ts).given, values)
         return True
 
     def _state(self, who: tuple[str, str], ts: datetime) -> _Principal:

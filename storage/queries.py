@@ -288,22 +288,26 @@ QUERIES: dict[str, NamedQuery] = {
         """,
     ),
     "bola_given": NamedQuery(
-        columns=("principal", "route", "path", "last_s"),
-        description=("Per principal, the distinct paths of its 2xx upstream answers on routes with a "
-                     "{parameter}, outside login attempts, with since <= ts < until: last_s (epoch s of "
-                     "the latest), the `known` (default 10,000) latest paths of each principal. The ids "
-                     "the BOLA detector restores as given after a restart (streams/detect_bola.py)."),
+        columns=("scope", "value", "route", "path", "last_s"),
+        description=("Per caller (scope 'principal' and the principal, or 'ip' and the client address "
+                     "of an anonymous caller, as IPv6 text: IPv4 clients IPv4-mapped), the distinct "
+                     "paths of its 2xx upstream answers on routes with a {parameter}, outside login "
+                     "attempts, with since <= ts < until: last_s (epoch s of the latest), the `known` "
+                     "(default 10,000) latest paths of each caller. The ids the BOLA detector restores "
+                     "as given after a restart (streams/detect_bola.py)."),
         params={"since": _SINCE, "until": _UNTIL,
-                "known": Param(_rows, default=10_000, help="paths per principal, 1..5000000")},
+                "known": Param(_rows, default=10_000, help="paths per caller, 1..5000000")},
         sql="""
-            SELECT principal, route, path, toUnixTimestamp64Milli(max(ts)) / 1000 AS last_s
+            SELECT if(principal != '', 'principal', 'ip') AS scope,
+                   if(principal != '', principal, IPv6NumToString(client_ip)) AS value,
+                   route, path, toUnixTimestamp64Milli(max(ts)) / 1000 AS last_s
             FROM requests
             WHERE ts >= {since:DateTime64(3, 'UTC')} AND ts < {until:DateTime64(3, 'UTC')}
-              AND principal != '' AND login IS NULL AND answered_by = 'upstream'
+              AND login IS NULL AND answered_by = 'upstream'
               AND status >= 200 AND status < 300 AND position(route, '{') > 0
-            GROUP BY principal, route, path
-            ORDER BY principal, last_s DESC, path
-            LIMIT {known:UInt32} BY principal
+            GROUP BY scope, value, route, path
+            ORDER BY scope, value, last_s DESC, path
+            LIMIT {known:UInt32} BY scope, value
         """,
     ),
     "latency_raised": NamedQuery(

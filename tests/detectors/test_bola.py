@@ -101,27 +101,32 @@ def test_out_of_order_accesses_are_counted_in_time_order() -> None:
     assert out[0].sample_event_ids == ["e1", "e4", "e0", "e2"]
 
 
-def test_ids_given_back_after_a_restart_are_not_refusals() -> None:
-    """``give`` (the given ids a worker restores from the store): a principal's 404s on its
+@pytest.mark.parametrize("principal, who", [("key-1", ("principal", "key-1")),
+                                             ("", ("ip", "198.51.100.4"))])   # an anonymous caller
+def test_ids_given_back_after_a_restart_are_not_refusals(principal, who) -> None:
+    """``give`` (the given ids a worker restores from the store): a caller's 404s on its
     own older ids are not refusals, as on the detector that saw the 2xx answers; given
-    principals are forgotten, least recently given first, once idle for state_ttl_s."""
+    callers are forgotten, least recently given first, once idle for state_ttl_s."""
     params = dict(min_distinct_ids=5, min_denied_ids=3, state_ttl_s=3600)
-    history = [_get(i, f"/orders/{100 + i}", 200, at=i) for i in range(6)]
-    deleted = [_get(10 + i, f"/orders/{100 + i}", 404, at=2000 + i) for i in range(6)]   # its own, now gone
+    history = [_get(i, f"/orders/{100 + i}", 200, at=i, principal=principal) for i in range(6)]
+    deleted = [_get(10 + i, f"/orders/{100 + i}", 404, at=2000 + i, principal=principal)   # its own, now gone
+               for i in range(6)]
     live = BolaDetector(**params)
     for event in history:
         live.process(event, now=event.ts)
     restored, forgetful = BolaDetector(**params), BolaDetector(**params)
     for event in history:
-        assert restored.give(event.principal, event.path, event.route, event.ts)
-    assert not restored.give("key-1", "/orders", "/orders", T0)   # no id in the path
+        assert restored.give(*who, event.path, event.route, event.ts)
+    assert not restored.give(*who, "/orders", "/orders", T0)   # no id in the path
+    with pytest.raises(ValueError):
+        restored.give("username", "u", "/orders/1", "/orders/{id}", T0)
     found = {name: [d for e in deleted for d in det.process(e, now=e.ts)]
              for name, det in (("live", live), ("restored", restored), ("forgetful", forgetful))}
     assert found["live"] == found["restored"] == []
-    assert [d.value for d in found["forgetful"]] == ["key-1"]   # without them: six refusals
+    assert [(d.scope, d.value) for d in found["forgetful"]] == [who]   # without them: six refusals
 
     idle = BolaDetector(**params)
-    for i, who in enumerate(["a", "b", "a"]):
-        idle.give(who, f"/orders/{i}", "/orders/{id}", T0 + timedelta(seconds=i))
+    for i, caller in enumerate(["a", "b", "a"]):
+        idle.give("principal", caller, f"/orders/{i}", "/orders/{id}", T0 + timedelta(seconds=i))
     idle.process(_get(9, "/health", 200, route="/health"), now=T0 + timedelta(seconds=3601.5))
     assert idle.tracked_principals == 1      # b (given at 1 s) is forgotten, a (2 s) is kept

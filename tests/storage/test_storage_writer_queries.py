@@ -195,29 +195,34 @@ def test_geo_history_per_principal(store) -> None:
                      "countries": ["US"]}]
 
 
-def test_bola_given_keeps_the_latest_paths_given_to_each_principal(store) -> None:
+def test_bola_given_keeps_the_latest_paths_given_to_each_caller(store) -> None:
     """The ids the BOLA detector restores as given (streams/detect_bola.py): 2xx upstream
-    answers to principals on routes with a parameter, one row per path with its latest
-    time, the `known` latest per principal; refusals, gateway answers, anonymous callers,
-    login attempts and routes without a parameter left out."""
-    def call(i: int, principal: str, path: str, status: int = 200, **kw) -> RequestEvent:
+    answers on routes with a parameter, per principal or, for anonymous callers, per
+    address (IPv6 text, IPv4 mapped), one row per path with its latest time, the `known`
+    latest per caller; refusals, gateway answers, login attempts and routes without a
+    parameter left out."""
+    def call(i: int, principal: str, path: str, status: int = 200, ip: str = "192.0.2.60", **kw) -> RequestEvent:
         fields = dict(login=None, principal=principal, auth="ok" if principal else "public", method="GET",
                       path=path, route="/orders/{id}", status=status)
-        return _event(i, "192.0.2.60", **(fields | kw))
+        return _event(i, ip, **(fields | kw))
     events = [call(1, "key-a", "/orders/1"), call(2, "key-a", "/orders/2"), call(3, "key-a", "/orders/1"),
               call(4, "key-a", "/orders/9", status=404), call(5, "key-b", "/orders/7", status=204),
               call(6, "key-a", "/orders/3", answered_by="decision"), call(7, "", "/orders/4"),
               call(8, "key-a", "/orders/5", login="success"), call(9, "key-a", "/orders", route="/orders"),
+              call(10, "", "/orders/8", ip="2001:db8::7"), call(11, "", "/orders/6", status=404),
               call(4000, "key-a", "/orders/6")]
     assert write_requests(store, events).inserted == len(events)
     params = {"since": T0.isoformat(), "until": (T0 + timedelta(hours=1)).isoformat()}
-    at = {i: (T0 + timedelta(seconds=i)).timestamp() for i in range(10)}
+    at = {i: (T0 + timedelta(seconds=i)).timestamp() for i in range(12)}
     assert _rows(run_query(store, "bola_given", params)) == [
-        {"principal": "key-a", "route": "/orders/{id}", "path": "/orders/1", "last_s": at[3]},
-        {"principal": "key-a", "route": "/orders/{id}", "path": "/orders/2", "last_s": at[2]},
-        {"principal": "key-b", "route": "/orders/{id}", "path": "/orders/7", "last_s": at[5]}]
+        {"scope": "ip", "value": "2001:db8::7", "route": "/orders/{id}", "path": "/orders/8", "last_s": at[10]},
+        {"scope": "ip", "value": "::ffff:192.0.2.60", "route": "/orders/{id}", "path": "/orders/4",
+         "last_s": at[7]},
+        {"scope": "principal", "value": "key-a", "route": "/orders/{id}", "path": "/orders/1", "last_s": at[3]},
+        {"scope": "principal", "value": "key-a", "route": "/orders/{id}", "path": "/orders/2", "last_s": at[2]},
+        {"scope": "principal", "value": "key-b", "route": "/orders/{id}", "path": "/orders/7", "last_s": at[5]}]
     assert [r["path"] for r in _rows(run_query(store, "bola_given", params | {"known": "1"}))] == [
-        "/orders/1", "/orders/7"]
+        "/orders/8", "/orders/4", "/orders/1", "/orders/7"]
     result = store.query(QUERIES["bola_given"].sql, parameters=bind_params("bola_given", params))
     assert list(result.column_names) == list(QUERIES["bola_given"].columns)
 
