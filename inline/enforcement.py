@@ -99,7 +99,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mitmproxy import ctx, exceptions, http
 
@@ -112,6 +112,7 @@ from inline import brokers, flowtags
 from inline.challenge import MITIGATED_HEADER, SOLUTION_HEADER, ChallengeGate, ChallengeSpec
 from inline.challenge_ledger import RedisSolutionLedger, ledger_spec
 from inline.flowstate import FlowFacts, answered, get_facts, json_answer
+from inline.histogram import LatencyHistogram
 from inline.ratelimit import GcraLimiter, format_rate_limit, parse_rate_limit, retry_after_header
 from inline.recognized_sources import RecognizedSources
 
@@ -169,7 +170,9 @@ class EnforcementStats:
     failures, requests blocked (403), throttled (429), answered a challenge (``challenged``)
     and let through by a solved one (``challenges_passed``; ``challenges_passed_unshared``
     while the shared ledger was away, not counted in the former), geo-hook failures, requests
-    let through by an allow entry (``allow_listed``)."""
+    let through by an allow entry (``allow_listed``); ``delivery``: seconds from a decision
+    message's publication (its Kafka timestamp) to its application here, for the messages
+    applied after the start-up read of the topic."""
 
     applied: int = 0
     deleted: int = 0
@@ -184,6 +187,7 @@ class EnforcementStats:
     challenges_passed_unshared: int = 0
     geo_errors: int = 0
     allow_listed: int = 0
+    delivery: LatencyHistogram = field(default_factory=LatencyHistogram)
 
 
 class Enforcement:
@@ -211,6 +215,7 @@ class Enforcement:
         self.stats = EnforcementStats()
         self.spec: FeedSpec | None = None
         self.loaded = False
+        self._newest: dict[int, int] = {}   # decisions partition -> newest offset read
         s = load_settings()
         self.throttle: GcraLimiter | None = None
         self.username_throttle: GcraLimiter | None = None
@@ -327,6 +332,7 @@ class Enforcement:
             v4, v6 = self.store.prefix_v4, self.store.prefix_v6
             self.store, self.allowed = DecisionStore(v4, v6), DecisionStore(v4, v6, allow=True)
             self.loaded = False
+            self._newest = {}
             self._task = asyncio.create_task(self._follow(self.spec), name="gatewatch decisions feed")
 
     def _configure_ledger(self, url: str) -> None:
@@ -468,10 +474,10 @@ class Enforcement:
                                 "challenge": self.challenges.issue(now)},
                     "decision", {MITIGATED_HEADER: "challenge"})
 
-    def apply(self, key: bytes | None, value: bytes | None, now: float, headers: Headers = None) -> None:
-        """Apply one decisions message with its record ``headers``, counting it. One without a
-        valid signature is counted (``unsigned`` / ``bad_signature``) and ignored; a malformed
-        one is counted and skipped."""
+    def apply(self, key: bytes | None, value: bytes | None, now: float, headers: Headers = None) -> bool:
+        """Apply one decisions message with its record ``headers``, counting it; True if it
+        was applied. One without a valid signature is counted (``unsigned`` /
+        ``bad_signature``) and ignored; a malformed one is counted and skipped."""
         rejected = self.verifier.rejects(key, value, headers)
         if rejected is not None:
             if rejected == "unsigned":
@@ -483,27 +489,36 @@ class Enforcement:
             if count <= 10 or count % 1000 == 0:   # a flood of forged messages must not flood the log
                 logger.warning("ignoring decision message with %s (key %r; %d so far)",
                                "no signature" if rejected == "unsigned" else "a bad signature", key, count)
-            return
+            return False
         store = self.allowed if key is not None and key.startswith(_ALLOW_KEY) else self.store
         try:
             result = store.apply(key, value, now)
         except MalformedRecord as exc:
             self.stats.malformed += 1
             logger.warning("skipping malformed decision message (key %r): %s", key, exc)
-            return
+            return False
         self.stats.applied += 1
         if result == "deleted":
             self.stats.deleted += 1
+        return True
 
     async def _follow(self, spec: FeedSpec) -> None:
-        """Read the decisions topic from the beginning, then follow it; reconnect forever."""
+        """Read the decisions topic from the beginning, then follow it; reconnect forever.
+        Once the start-up read is done, each applied message read for the first time (not
+        re-read after a reconnection) has its delay since publication counted in
+        ``stats.delivery`` (from the record's Kafka timestamp: the publisher's clock with the
+        default CreateTime, so clock skew between hosts adds to it)."""
         last_expire = time.time()
         async for records, caught_up in decision_follow.follow(
                 spec.bootstrap_servers, spec.topic, spec.fetch_max_wait_ms, "gatewatch-gateway-decisions",
                 on_retry=self._feed_failed):
             now = time.time()
             for record in records:
-                self.apply(record.key, record.value, now, record.headers)
+                first_read = record.offset > self._newest.get(record.partition, -1)
+                if first_read:
+                    self._newest[record.partition] = record.offset
+                if self.apply(record.key, record.value, now, record.headers) and self.loaded and first_read:
+                    self.stats.delivery.observe(max(0.0, now - record.timestamp / 1000.0))
             self.loaded = self.loaded or caught_up
             if now - last_expire >= EXPIRE_EVERY_S:
                 self.store.expire(now)

@@ -55,7 +55,6 @@ upstream (closed: every answered request is recorded).
 from __future__ import annotations
 
 import asyncio
-import bisect
 import logging
 import time
 from collections import Counter
@@ -69,6 +68,7 @@ from gatewatch.events import AnsweredBy, RequestEvent, request_key
 from gatewatch.settings import load_settings
 from inline import brokers
 from inline.flowstate import FlowFacts, answered, get_facts, json_answer
+from inline.histogram import LatencyHistogram
 from inline.redaction import redact_target
 from inline.routes import ensure_facts
 from gatewatch.spool import Spool, SpoolLocked
@@ -152,31 +152,6 @@ def build_event(flow: http.HTTPFlow, facts: FlowFacts, status: int, answered_by:
         asn=facts.asn,
         country=facts.country,
     )
-
-
-#: Upper bounds (seconds) of the broker send-latency histogram buckets.
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-
-
-@dataclass
-class LatencyHistogram:
-    """Send → acknowledgement latencies in seconds, bucketed as Prometheus histograms are."""
-
-    bounds: tuple[float, ...] = LATENCY_BUCKETS
-    counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
-    sum: float = 0.0
-
-    def observe(self, seconds: float) -> None:
-        self.counts[bisect.bisect_left(self.bounds, seconds)] += 1
-        self.sum += seconds
-
-    def cumulative(self) -> list[tuple[str, int]]:
-        """``[(upper bound, cumulative count), ..., ("+Inf", total)]``."""
-        out, total = [], 0
-        for bound, count in zip((*map(str, self.bounds), "+Inf"), self.counts):
-            total += count
-            out.append((bound, total))
-        return out
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,9 @@ gatewatch_events_dropped_total              counter  events lost (queue/spool fu
 gatewatch_spool_bytes                       gauge    bytes of events waiting on disk
 gatewatch_broker_send_latency_seconds       histo.   send → broker acknowledgement
 gatewatch_decisions_active                  gauge    decisions held by enforcement
+gatewatch_decision_delivery_seconds         histo.   a decision message's publication (its
+                                                     Kafka timestamp) → applied here, for
+                                                     those read after start-up
 gatewatch_allow_entries_active              gauge    allow entries held by enforcement
 gatewatch_requests_allow_listed_total       counter  requests let through by an allow entry
 gatewatch_decision_messages_malformed_total counter  skipped decision messages
@@ -70,6 +73,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from gatewatch import admin_auth
 from gatewatch.settings import load_settings
 from inline import flowtags, size_limits
+from inline.histogram import LatencyHistogram
 from inline.flowstate import get_facts
 
 logger = logging.getLogger(__name__)
@@ -111,14 +115,15 @@ class _Collector:
             yield _counter("gatewatch_events_dropped", "Request events lost, by reason.", ("reason",),
                            {(reason,): n for reason, n in st.dropped_by_reason().items()})
             yield _gauge("gatewatch_spool_bytes", "Bytes of request events waiting on disk.", shipper.spool_bytes())
-            h = st.latency
-            hist = HistogramMetricFamily("gatewatch_broker_send_latency_seconds",
-                                         "Time from handing an event to the producer to its acknowledgement.")
-            hist.add_metric([], buckets=h.cumulative(), sum_value=h.sum)
-            yield hist
+            yield _histogram("gatewatch_broker_send_latency_seconds",
+                             "Time from handing an event to the producer to its acknowledgement.", st.latency)
         enforcement = _addon("enforcement")
         if enforcement is not None:
             yield _gauge("gatewatch_decisions_active", "Decisions held by the gateway.", len(enforcement.store))
+            yield _histogram("gatewatch_decision_delivery_seconds",
+                             "Time from a decision message's publication (its Kafka timestamp) to the gateway "
+                             "applying it, for messages read after the start-up read of the topic.",
+                             enforcement.stats.delivery)
             yield _gauge("gatewatch_allow_entries_active", "Allow entries (gatewatch allowlist) held by the gateway.",
                          len(enforcement.allowed))
             yield _counter("gatewatch_requests_allow_listed",
@@ -174,6 +179,12 @@ def _counter(name: str, doc: str, labels: tuple[str, ...], values: dict[tuple[st
 
 def _gauge(name: str, doc: str, value: float) -> Metric:
     return GaugeMetricFamily(name, doc, value=value)
+
+
+def _histogram(name: str, doc: str, histogram: LatencyHistogram) -> Metric:
+    family = HistogramMetricFamily(name, doc)
+    family.add_metric([], buckets=histogram.cumulative(), sum_value=histogram.sum)
+    return family
 
 
 class Metrics:

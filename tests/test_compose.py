@@ -343,7 +343,8 @@ def test_prometheus_rules_name_metrics_the_processes_export() -> None:
     exported = (ROOT / "inline" / "metrics.py").read_text() + (ROOT / "streams" / "metrics.py").read_text()
     for group in rules["groups"]:
         for rule in group["rules"]:
-            for metric in re.findall(r"\b(gatewatch_\w+?)(?:_total)?\b", rule["expr"]):
+            # A counter's samples end in _total, a histogram's in _bucket, _count and _sum.
+            for metric in re.findall(r"\b(gatewatch_\w+?)(?:_total|_bucket|_count|_sum)?\b", rule["expr"]):
                 assert metric in exported, f"{rule['alert']}: {metric} is not exported"
 
 
@@ -351,6 +352,32 @@ def _tool(name: str, package: str) -> str:
     path = shutil.which(name)
     assert path, f"{name} is not installed: apt-get install {package} (make test does)"
     return path
+
+
+def test_decisions_late_alert_fires_for_a_slow_gateway_only(tmp_path: Path) -> None:
+    """GatewatchDecisionsLate, evaluated by Prometheus' own rule engine (``promtool test
+    rules``) on the gateway's delivery histogram: a gateway applying decisions 1-2.5 s after
+    their publication alerts after its ``for``; one applying them within 10 ms does not."""
+    promtool = _tool("promtool", "prometheus")
+    rules_file = host_path("prometheus", "/etc/prometheus/rules.yml")
+    rule = next(r for g in yaml.safe_load(rules_file.read_text())["groups"] for r in g["rules"]
+                if r["alert"] == "GatewatchDecisionsLate")
+    bucket = "gatewatch_decision_delivery_seconds_bucket"
+    # Ten decisions a minute each: the slow gateway's all in (1, 2.5] s, the fast one's under 10 ms.
+    per_le = {"slow": {"0.01": 0, "1.0": 0, "2.5": 10, "+Inf": 10},
+              "fast": {"0.01": 10, "1.0": 10, "2.5": 10, "+Inf": 10}}
+    series = [{"series": f'{bucket}{{instance="{instance}",le="{le}"}}', "values": f"0+{rate}x40"}
+              for instance, buckets in per_le.items() for le, rate in buckets.items()]
+    expected = {k: v.replace("{{ $labels.instance }}", "slow") for k, v in rule["annotations"].items()}
+    spec = {"rule_files": [str(rules_file)], "evaluation_interval": "1m",
+            "tests": [{"interval": "1m", "input_series": series, "alert_rule_test": [
+                {"eval_time": "3m", "alertname": "GatewatchDecisionsLate", "exp_alerts": []},   # pending
+                {"eval_time": "30m", "alertname": "GatewatchDecisionsLate", "exp_alerts": [
+                    {"exp_labels": {**rule["labels"], "instance": "slow"}, "exp_annotations": expected}]}]}]}
+    (tmp_path / "test.yml").write_text(yaml.safe_dump(spec))
+    done = subprocess.run([promtool, "test", "rules", str(tmp_path / "test.yml")], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_promtool_accepts_the_prometheus_config(tmp_path: Path) -> None:

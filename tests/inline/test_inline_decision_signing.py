@@ -88,11 +88,19 @@ def wait_until(check: Callable[[], bool], what: str) -> None:
         time.sleep(0.05)
 
 
+def delivered(s: GatewatchSettings) -> float:
+    """Decision messages whose delivery delay the gateway measured (histogram count)."""
+    return metrics(s)[("gatewatch_decision_delivery_seconds_count", ())]
+
+
 def test_forged_decisions_and_tombstones_are_counted_and_ignored(settings: GatewatchSettings,
                                                                   sample_api: str) -> None:
+    """Forged messages are counted and ignored; only applied ones have their delivery delay
+    (publication -> applied) measured."""
     victim = "127.0.0.51"
     with gateway(settings, sample_api) as s:
         assert status(s, victim) == 200
+        assert delivered(s) == 0
         ban = decision_feed.manual_decision("ip", victim, 600, "forged")
         key, value = ban.key().encode(), ban.to_json()
 
@@ -103,21 +111,28 @@ def test_forged_decisions_and_tombstones_are_counted_and_ignored(settings: Gatew
         assert rejected(s) == {"unsigned": 1, "bad_signature": 1, "malformed": 0}
         assert status(s, victim) == 200                          # not blocked
         assert metrics(s)[("gatewatch_decisions_active", ())] == 0
+        assert delivered(s) == 0
 
         decision_feed.publish(s, ban)                            # the same ban, properly signed
         wait_until(lambda: status(s, victim) == 403, "the signed ban to block")
         assert metrics(s)[("gatewatch_decisions_active", ())] == 1
+        assert delivered(s) == 1
+        found = metrics(s)
+        assert found[("gatewatch_decision_delivery_seconds_bucket", (("le", "+Inf"),))] == 1
+        assert 0 <= found[("gatewatch_decision_delivery_seconds_sum", ())] < 30
 
         produce(s, key, None)                                    # a forged unsigned tombstone
         produce(s, key, None, GUESSED.headers(key, None))        # and one signed with a guessed key
         wait_until(lambda: sum(rejected(s).values()) == 4, "the forged tombstones to be rejected")
         assert rejected(s) == {"unsigned": 2, "bad_signature": 2, "malformed": 0}
         assert status(s, victim) == 403                          # still blocked
+        assert delivered(s) == 1
 
         decision_feed.delete(s, "ip", victim)                    # a signed tombstone lifts it
         wait_until(lambda: status(s, victim) == 200, "the signed tombstone to lift the ban")
         assert metrics(s)[("gatewatch_decisions_active", ())] == 0
         assert sum(rejected(s).values()) == 4
+        assert delivered(s) == 3   # the ban, then the lift's deletion record and tombstone
 
 
 def test_migration_mode_accepts_unsigned_but_not_bad_signatures(settings: GatewatchSettings,
