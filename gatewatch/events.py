@@ -270,9 +270,14 @@ def request_key(event: RequestEvent) -> bytes:
     credential-stuffing windows are whole. A login attempt keeps its address's key even
     when the client sent an API key (a mobile app's key on ``/login``): the login rules
     judge addresses, usernames and networks, not the app."""
-    if event.principal and event.login is None:
-        return f"principal:{event.principal}".encode()
-    return event.client_ip.encode()
+    return caller_key(event.principal if event.login is None else "", event.client_ip)
+
+
+def caller_key(principal: str, client_ip: str) -> bytes:
+    """Kafka key of a caller's requests outside login attempts (UTF-8 bytes):
+    ``principal:<id>`` when ``principal`` is set, else ``client_ip`` (an anonymous caller);
+    see :func:`request_key`."""
+    return f"principal:{principal}".encode() if principal else client_ip.encode()
 
 
 def decision_key(scope: str, value: str) -> str:

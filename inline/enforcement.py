@@ -517,7 +517,8 @@ class Enforcement:
                 first_read = record.offset > self._newest.get(record.partition, -1)
                 if first_read:
                     self._newest[record.partition] = record.offset
-                if self.apply(record.key, record.value, now, record.headers) and self.loaded and first_read:
+                applied = self.apply(record.key, record.value, now, record.headers)
+                if applied and self.loaded and first_read and record.timestamp > 0:   # -1: no timestamp
                     self.stats.delivery.observe(max(0.0, now - record.timestamp / 1000.0))
             self.loaded = self.loaded or caught_up
             if now - last_expire >= EXPIRE_EVERY_S:

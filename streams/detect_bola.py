@@ -37,6 +37,7 @@ import logging
 from datetime import datetime, timedelta, timezone
 
 from detectors.bola import BolaDetector
+from gatewatch.events import caller_key
 from streams import counters
 from streams.app import settings, store
 from streams.rekey import partition_for
@@ -75,11 +76,12 @@ async def load_given(partitions: int, wanted: list[int], now: datetime | None = 
         return 0
     given: dict[int, list[tuple[float, str, str, str, str]]] = {}
     for scope, value, route, path, last_s in rows:
-        caller = (str(scope), str(value) if scope == "principal" else _address(str(value)))
-        partition = partition_for(_request_key(*caller), partitions)
+        principal, address = (str(value), "") if scope == "principal" else ("", _address(str(value)))
+        partition = partition_for(caller_key(principal, address), partitions)
         if partition not in wanted:
             continue
-        given.setdefault(partition, []).append((float(last_s), *caller, str(route), str(path)))
+        given.setdefault(partition, []).append((float(last_s), str(scope), principal or address, str(route),
+                                                str(path)))
     for items in given.values():
         items.sort()
     _given = given
@@ -107,8 +109,3 @@ def _address(stored: str) -> str:
     ip = ipaddress.ip_address(stored)
     return str(ip.ipv4_mapped or ip) if isinstance(ip, ipaddress.IPv6Address) else str(ip)
 
-
-def _request_key(scope: str, value: str) -> bytes:
-    """The request topic key of a caller's requests outside login attempts
-    (:func:`gatewatch.events.request_key`)."""
-    return f"principal:{value}".encode() if scope == "principal" else value.encode()
