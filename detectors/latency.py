@@ -136,6 +136,18 @@ class RaisedRegression:
     severity: Severity
 
 
+@dataclass(frozen=True, slots=True)
+class ClosedWindow:
+    """A window of a series that closed before this detector started, as the store has it
+    (e.g. read back after a restart): its start (``start_s``, epoch s, a multiple of
+    ``window_s``), its upstream answers (``samples``) and their p50 and p95 (ms)."""
+
+    start_s: float
+    samples: int
+    p50_ms: float
+    p95_ms: float
+
+
 class _Series:
     __slots__ = ("open", "closed_before", "last_s", "base_p95", "base_p50", "var_p95",
                  "learned", "bad", "good", "raised_at", "raised_baseline", "raised_severity",
@@ -171,12 +183,18 @@ class LatencyRegressionDetector:
     recovery is reported. Windows such a series is given that had closed by the time
     the regression was raised (a replay reaching back before it) are skipped: they
     were judged before the restart, and the fast minutes that preceded the regression
-    must not count as its recovery.
+    must not count as its recovery. ``history``: a lookup of the windows of a series
+    that closed before this detector started (:class:`ClosedWindow`, oldest first; None
+    for none), or None: a series it has no state for and that is not raised is judged on them first,
+    silently, as the live detector judged them — its baseline learns from the good ones
+    and a run of bad ones goes on — and samples of those windows that arrive later are
+    late (a replay of what the store held).
 
     Raises ``ValueError`` on out-of-range parameters.
     """
 
-    def __init__(self, raised: Callable[[str], RaisedRegression | None] | None = None, **params: Any) -> None:
+    def __init__(self, raised: Callable[[str], RaisedRegression | None] | None = None,
+                 history: Callable[[str], Iterable[ClosedWindow] | None] | None = None, **params: Any) -> None:
         cfg = LatencySettings(**params)
         if cfg.window_s <= 0 or cfg.allowed_lateness_s < 0 or cfg.state_ttl_s < cfg.window_s:
             raise ValueError("need window_s > 0, allowed_lateness_s >= 0, state_ttl_s >= window_s")
@@ -191,12 +209,15 @@ class LatencyRegressionDetector:
         self._series: OrderedDict[str, _Series] = OrderedDict()
         self.late_samples = 0
         self.raised_before = raised
+        self.history = history
 
     @classmethod
     def from_settings(cls, settings: LatencySettings,
-                      raised: Callable[[str], RaisedRegression | None] | None = None) -> LatencyRegressionDetector:
-        """Build from the ``latency`` section of the settings (and a ``raised`` lookup)."""
-        return cls(raised=raised, **settings.model_dump())
+                      raised: Callable[[str], RaisedRegression | None] | None = None,
+                      history: Callable[[str], Iterable[ClosedWindow] | None] | None = None) -> LatencyRegressionDetector:
+        """Build from the ``latency`` section of the settings (and ``raised`` and ``history``
+        lookups)."""
+        return cls(raised=raised, history=history, **settings.model_dump())
 
     @property
     def state_size(self) -> int:
@@ -262,7 +283,22 @@ class LatencyRegressionDetector:
             state.raised_at, state.raised_baseline = before.raised_at, before.baseline_p95_ms
             state.raised_severity = before.severity
             state.judged_until = before.raised_at.timestamp()
+        elif self.history is not None:
+            for window in self.history(series) or ():
+                self._restore(series, state, window)
         return state
+
+    def _restore(self, series: str, state: _Series, window: ClosedWindow) -> None:
+        """Close ``window`` (a window before this detector started) and judge it silently."""
+        cfg = self.cfg
+        index = round(window.start_s / cfg.window_s)
+        if index < state.closed_before:
+            return   # not after the last window closed
+        state.closed_before = index + 1
+        end_s = (index + 1) * cfg.window_s
+        state.last_s = end_s if state.last_s is None else max(state.last_s, end_s)
+        closed_at = datetime.fromtimestamp(end_s + cfg.allowed_lateness_s, tz=timezone.utc)
+        self._judge_figures(series, state, index, window.samples, window.p50_ms, window.p95_ms, [], closed_at)
 
     # -- windows -----------------------------------------------------------------------
 
@@ -287,9 +323,17 @@ class LatencyRegressionDetector:
                 <= state.judged_until:
             return []   # closed before the regression was raised: judged before the restart
         p50, p95 = (float(v) for v in np.percentile(np.frombuffer(window.samples), [50, 95]))
-        summary = {"start": self._start(window.index).isoformat(), "p50_ms": round(p50, 3),
-                   "p95_ms": round(p95, 3), "samples": window.seen,
-                   "slowest_event_ids": [e for _, e in sorted(window.slowest, reverse=True)]}
+        return self._judge_figures(series, state, window.index, window.seen, p50, p95,
+                                   [e for _, e in sorted(window.slowest, reverse=True)], now)
+
+    def _judge_figures(self, series: str, state: _Series, index: int, seen: int, p50: float, p95: float,
+                       slowest_event_ids: list[str], now: datetime) -> list[Detection]:
+        """Judge a closed window of ``seen`` samples with these percentiles (ms)."""
+        cfg = self.cfg
+        if seen < cfg.min_samples:
+            return []
+        summary = {"start": self._start(index).isoformat(), "p50_ms": round(p50, 3),
+                   "p95_ms": round(p95, 3), "samples": seen, "slowest_event_ids": slowest_event_ids}
         if state.learned < cfg.baseline_windows:
             self._learn(state, p50, p95)
             return []

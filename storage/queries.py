@@ -328,6 +328,31 @@ QUERIES: dict[str, NamedQuery] = {
             ORDER BY series
         """,
     ),
+    "latency_windows": NamedQuery(
+        columns=("series", "start_s", "samples", "p50_ms", "p95_ms"),
+        description=("Per latency series ('METHOD /route') and window of `window_ms` (default 60,000) "
+                     "aligned on the epoch, with since <= ts < until: its start (epoch s), the upstream "
+                     "answers' count and their exact p50 and p95 latency (ms, linear interpolation, as "
+                     "numpy's percentile; redelivered duplicates counted once). The latency detector's "
+                     "windows before its replay after a restart (streams/detect_latency.py). At most 10 s "
+                     "of work: the embedded store runs one call at a time, so a longer one would hold "
+                     "back the inserts."),
+        params={"since": _SINCE, "until": _UNTIL,
+                "window_ms": Param(_rows, default=60_000, help="window length in ms, 1..5000000")},
+        sql="""
+            SELECT concat(method, ' ', route) AS series,
+                   intDiv(toUnixTimestamp64Milli(ts), {window_ms:UInt32}) * {window_ms:UInt32} / 1000 AS start_s,
+                   count() AS samples,
+                   quantileExactInclusive(0.5)(latency_ms) AS p50_ms,
+                   quantileExactInclusive(0.95)(latency_ms) AS p95_ms
+            FROM requests FINAL
+            WHERE ts >= {since:DateTime64(3, 'UTC')} AND ts < {until:DateTime64(3, 'UTC')}
+              AND answered_by = 'upstream' AND latency_ms >= 0 AND isFinite(latency_ms)
+            GROUP BY series, start_s
+            ORDER BY series, start_s
+            SETTINGS max_execution_time = 10
+        """,
+    ),
     "decisions_between": NamedQuery(
         columns=("id", "created_at", "expires_at", "scope", "value", "action", "reason", "detector",
                  "origin", "detection_id", "evidence"),

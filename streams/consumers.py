@@ -34,7 +34,7 @@ logins = RekeyedConsumer("logins", settings.topic_logins, unpack_events, detect_
                          detect_logins.REPLAY_S)
 by_route = RekeyedConsumer("by_route", settings.topic_requests_by_route, unpack_samples,
                            detect_latency.stages, detect_latency.REPLAY_S,
-                           on_new_partitions=detect_latency.load_raised)
+                           on_new_partitions=detect_latency.load_state)
 
 #: Every consumer, in start and stop order.
 consumers: list[CheckpointedConsumer] = [requests_consumer, by_principal, logins, by_route]

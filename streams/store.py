@@ -163,10 +163,11 @@ class Store:
         return await self._call(store_process.query, name, dict(params) if params is not None else None)
 
     async def query_last(self, name: str, span_s: float, timeout_s: float,
-                         now: datetime | None = None) -> list[list[Any]]:
+                         now: datetime | None = None, params: Mapping[str, Any] | None = None) -> list[list[Any]]:
         """The rows of named query ``name`` over the ``span_s`` seconds before ``now``
-        (default: the current time; its ``since``/``until`` parameters), waiting at most
-        ``timeout_s`` seconds (``asyncio.TimeoutError`` beyond; store errors propagate)."""
+        (default: the current time; its ``since``/``until`` parameters, with ``params``),
+        waiting at most ``timeout_s`` seconds (``asyncio.TimeoutError`` beyond; store errors
+        propagate)."""
         until = now or datetime.now(timezone.utc)
         window = {"since": (until - timedelta(seconds=span_s)).isoformat(), "until": until.isoformat()}
-        return (await asyncio.wait_for(self.query(name, window), timeout_s))["rows"]
+        return (await asyncio.wait_for(self.query(name, {**(params or {}), **window}), timeout_s))["rows"]

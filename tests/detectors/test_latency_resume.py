@@ -1,11 +1,15 @@
 """The latency detector resumed after a restart from the regressions raised before it
-started (:class:`detectors.latency.RaisedRegression`, read back from the stored detections)."""
+started (:class:`detectors.latency.RaisedRegression`, read back from the stored detections)
+and from the windows closed before its replay (:class:`detectors.latency.ClosedWindow`,
+read back from the stored requests)."""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from detectors.latency import LatencyRegressionDetector, RaisedRegression
+import numpy as np
+
+from detectors.latency import ClosedWindow, LatencyRegressionDetector, RaisedRegression
 from gatewatch.events import RequestEvent
 
 T0 = datetime(2026, 11, 1, 8, 0, tzinfo=timezone.utc)
@@ -63,3 +67,57 @@ def test_a_replay_reaching_back_before_the_regression_does_not_recover_it() -> N
     assert recovered.evidence["state"] == recovered_live.evidence["state"] == "recovered"
     assert recovered.evidence["regression_since"] == recovered_live.evidence["regression_since"] \
         == regression.ts.isoformat()
+
+
+def test_windows_restored_from_the_store_resume_the_baseline_and_a_run_of_bad_windows() -> None:
+    """The windows that closed before the replay span, read back from the store
+    (:class:`detectors.latency.ClosedWindow`), are judged silently first: the series' long
+    baseline and a run of bad windows going on at the restart (one bad minute before
+    the replay, one in it) raise the regression exactly when and as the live detector
+    did. Replayed samples of restored windows are late. Without the windows, the replay
+    learns the slow minutes as the baseline and never raises."""
+    minutes = [(m, 100.0) for m in range(12)] + [(m, 300.0) for m in range(12, 18)]
+    live = LatencyRegressionDetector(**PARAMS)
+    [raised] = run_spread(live, minutes)
+    replay_from = 13   # the restart's replay starts at minute 13: minutes 0-12 come from the store
+    history = {SERIES: [window_figures(m, ms) for m, ms in minutes[:replay_from]]}
+    restored = LatencyRegressionDetector(history=history.get, **PARAMS)
+    [again] = run_spread(restored, minutes[replay_from - 1:])   # the store's last minute replayed too
+    assert restored.late_samples == 3
+    assert (again.ts, again.detection_id, again.evidence["state"]) == (raised.ts, raised.detection_id, "regression")
+    for field in ("baseline_p95_ms", "baseline_p50_ms", "threshold_ms", "current_p95_ms"):
+        assert again.evidence[field] == raised.evidence[field], field
+    assert len(again.evidence["bad_windows"]) == len(raised.evidence["bad_windows"]) == 2
+    assert run_spread(LatencyRegressionDetector(history={}.get, **PARAMS), minutes[replay_from:]) == []
+
+
+def test_a_raised_series_takes_no_windows() -> None:
+    """A series raised before the start is judged against its regression's baseline; the
+    stored windows are not judged again."""
+    before = {SERIES: RaisedRegression(T0, baseline_p95_ms=10.0, baseline_p50_ms=9.0, severity="high")}
+    history = {SERIES: [window_figures(m, 500.0) for m in range(5)]}
+    det = LatencyRegressionDetector(raised=before.get, history=history.get, **PARAMS)
+    [recovered] = run_spread(det, [(m, 10.0) for m in range(6, 9)])
+    assert recovered.evidence["state"] == "recovered" and recovered.evidence["baseline_p95_ms"] == 10.0
+
+
+SPREAD_MS = (0.0, 10.0, 20.0)   # each minute's three samples: ms, ms + 10, ms + 20
+
+
+def run_spread(det: LatencyRegressionDetector, minutes_ms: list[tuple[int, float]]) -> list:
+    out = []
+    for minute, ms in minutes_ms:
+        for second, extra in zip((0, 20, 40), SPREAD_MS):
+            ts = T0 + timedelta(minutes=minute, seconds=second)
+            event = RequestEvent(event_id=f"e{minute}-{second}", ts=ts, client_ip="192.0.2.1", method="GET",
+                                 host="api", path="/items/1", route="/items/{id}", status=200,
+                                 latency_ms=ms + extra)
+            out += det.process(event, now=ts)
+    return out
+
+
+def window_figures(minute: int, ms: float) -> ClosedWindow:
+    """The stored figures of one minute of :func:`run_spread` (numpy's percentiles, as the
+    store's ``quantileExactInclusive``)."""
+    p50, p95 = np.percentile([ms + extra for extra in SPREAD_MS], [50, 95])
+    return ClosedWindow((T0 + timedelta(minutes=minute)).timestamp(), len(SPREAD_MS), float(p50), float(p95))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from datetime import datetime, timedelta, timezone
 
+import numpy as np
 import pytest
 
 from gatewatch.events import Decision, Detection, RequestEvent, new_id
@@ -169,7 +170,7 @@ def test_every_named_query_runs_on_an_empty_store(store) -> None:
 def test_declared_columns_match_the_engine(scenario) -> None:
     store = scenario[0]
     for name, query in QUERIES.items():
-        if name in ("latency_raised", "bola_given"):
+        if name in ("latency_raised", "bola_given", "latency_windows"):
             continue   # their own tests
         result = store.query(query.sql, parameters=bind_params(name, _sample_params(name)))
         assert result.result_rows, name
@@ -225,6 +226,36 @@ def test_bola_given_keeps_the_latest_paths_given_to_each_caller(store) -> None:
         "/orders/8", "/orders/4", "/orders/1", "/orders/7"]
     result = store.query(QUERIES["bola_given"].sql, parameters=bind_params("bola_given", params))
     assert list(result.column_names) == list(QUERIES["bola_given"].columns)
+
+
+def test_latency_windows_are_the_detectors_figures(store) -> None:
+    """The windows the latency detector restores after a restart (streams/detect_latency.py):
+    per series and minute, the upstream answers' count and p50/p95 exactly as numpy's
+    percentile (the detector's) computes them; a redelivered event counted once; gateway
+    answers and answers without a latency left out."""
+    def call(i: int, second: float, ms: float, method: str = "GET", **kw) -> RequestEvent:
+        fields = dict(event_id=f"w{i:04d}", ts=T0 + timedelta(seconds=second), login=None, method=method,
+                      path="/items/1", route="/items/{id}", status=200, latency_ms=ms)
+        return _event(i, "192.0.2.80", **(fields | kw))
+    minute0 = [call(i, i * 1.5, 10.0 + (i * 7) % 23) for i in range(40)]
+    minute1 = [call(100 + i, 60 + i, 30.0 + (i * 11) % 17) for i in range(30)]
+    posts = [call(200 + i, 2 * i, 5.0 + i, method="POST") for i in range(5)]
+    left_out = [call(300, 10, 999.0, answered_by="decision", status=403), call(301, 11, -1.0)]
+    assert write_requests(store, minute0 + minute1 + posts + left_out).inserted == 77
+    assert write_requests(store, minute0[:3]).inserted == 3   # a redelivered batch
+    rows = _rows(run_query(store, "latency_windows", {"since": T0.isoformat(),
+                                                      "until": (T0 + timedelta(hours=1)).isoformat()}))
+
+    def expected(series: str, start: datetime, events: list[RequestEvent]) -> dict:
+        p50, p95 = np.percentile(np.array([e.latency_ms for e in events]), [50, 95])
+        return {"series": series, "start_s": start.timestamp(), "samples": len(events),
+                "p50_ms": pytest.approx(float(p50), abs=1e-9), "p95_ms": pytest.approx(float(p95), abs=1e-9)}
+    assert rows == [expected("GET /items/{id}", T0, minute0),
+                    expected("GET /items/{id}", T0 + timedelta(minutes=1), minute1),
+                    expected("POST /items/{id}", T0, posts)]
+    result = store.query(QUERIES["latency_windows"].sql, parameters=bind_params(
+        "latency_windows", {"since": T0.isoformat(), "until": (T0 + timedelta(hours=1)).isoformat()}))
+    assert list(result.column_names) == list(QUERIES["latency_windows"].columns)
 
 
 def test_latency_raised_names_series_whose_last_detection_is_a_regression(store) -> None:

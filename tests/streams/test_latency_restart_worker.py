@@ -22,7 +22,7 @@ from pathlib import Path
 from gatewatch.events import RequestEvent, new_id, parse_detection
 from gatewatch.netutil import free_port
 from gatewatch.settings import GatewatchSettings
-from worker_harness import read_topic, running_worker, send_requests, wait_for
+from worker_harness import read_topic, running_worker, send_requests, wait_for, wait_requests_stored
 
 
 def _minutes(t0: datetime, minutes: range, ms: float, rng: random.Random, per_minute: int = 40
@@ -75,3 +75,38 @@ def test_a_regression_raised_before_a_restart_recovers_after_it(settings: Gatewa
     assert abs((since - regression.ts).total_seconds()) < 0.001
     assert recovered.evidence["baseline_p95_ms"] == regression.evidence["baseline_p95_ms"] < 40
     assert counters.get("latency_raised_loads", 0) >= 1 and "latency_raised_errors" not in counters
+
+
+def test_a_run_of_bad_windows_goes_on_across_a_restart(settings: GatewatchSettings, tmp_path: Path) -> None:
+    """The windows before the replay come back from the store (named query
+    ``latency_windows``). The first worker sees twenty fast minutes, then two slow ones (a
+    run of two bad windows, one short of a regression) and twenty thin minutes (too few
+    requests to judge); it stops. The second one's replay (545 s) holds thin minutes
+    only: on its own it would learn its baseline from the next slow minutes.
+    With the stored windows, the twenty fast minutes are the baseline and the run goes on:
+    the next slow minute raises the regression, on three bad windows."""
+    s = settings.model_copy(update={"worker_web_port": free_port(), "sink_batch_within_s": 0.2})
+    rng = random.Random(11)
+    t0 = datetime.now(timezone.utc).replace(second=0, microsecond=0) - timedelta(minutes=60)
+    minutes = [_minutes(t0, range(m, m + 1), 20, rng) for m in range(0, 20)]
+    minutes += [_minutes(t0, range(m, m + 1), 200, rng) for m in range(20, 22)]
+    minutes += [_minutes(t0, range(m, m + 1), 200, rng, per_minute=1) for m in range(22, 42)]
+    with running_worker(s, tmp_path) as first:
+        stored = 0
+        for minute in minutes:   # a minute at a time, as live traffic: the re-keyed samples too
+            send_requests(s, minute)
+            stored += len(minute)
+            wait_requests_stored(first, stored, f"{stored} requests stored")
+    assert _latency_states(s) == []
+
+    after = _minutes(t0, range(42, 43), 200, rng) + _minutes(t0, range(43, 44), 200, rng, per_minute=1)
+    with running_worker(s, tmp_path) as second:
+        send_requests(s, after)
+        found = wait_for(lambda: _latency_states(s) or None, 60, "the regression")
+        counters = second.health()["counters"]
+    [regression] = found
+    assert regression.evidence["state"] == "regression"
+    assert [w["start"] for w in regression.evidence["bad_windows"]] == [
+        (t0 + timedelta(minutes=m)).isoformat() for m in (20, 21, 42)]
+    assert regression.evidence["baseline_p95_ms"] < 40
+    assert counters.get("latency_windows_loads", 0) >= 1 and "latency_windows_errors" not in counters
